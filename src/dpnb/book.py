@@ -1,0 +1,281 @@
+"""Execute the chapters with papermill and build the HTML book with Jupyter Book 1.x.
+
+``make book`` runs ``dpnb book --profile book``. The steps:
+
+1. Read ``_toc.yml`` (repo root). Entries under ``nbs/`` are chapters (paired notebooks);
+   the other entries are pages under ``book/``.
+2. For each chapter, merge the profile's overrides from ``book/profiles.yml`` into the
+   notebook's ``parameters`` cell (the ``book`` profile is the defaults themselves) and
+   execute it with papermill into ``<build>/executed/NAME.ipynb``. A chapter whose notebook,
+   parameters and ``dpnb`` source are unchanged since its last successful run is reused,
+   not re-executed (the key is a hash of their contents).
+3. Each chapter writes its headline numbers to ``$DPNB_RESULTS/NAME.csv``; the book points
+   ``DPNB_RESULTS`` at a scratch folder and moves the CSV to ``<build>/results/`` on success.
+4. Stage the executed notebooks, the pages, the bibliography and a local MathJax into
+   ``<build>/stage`` (same paths as in the repository, so Binder buttons point at the real
+   files) and run ``jupyter-book build``; the new HTML replaces ``<build>/html`` only when
+   the build succeeded.
+
+A failing chapter stops everything with its name, the failing cell and the error; its
+notebook is kept in ``<build>/failed/`` for inspection, and the HTML is not touched.
+
+Example::
+
+    dpnb book --profile smoke            # every chapter in seconds, then the HTML
+    dpnb book --only budget --profile book
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpnb import __version__
+from dpnb.params import ParameterError
+
+PROFILES = ("smoke", "book", "gpu")
+MATHJAX_VERSION = "3.2.2"
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter raised while papermill executed it."""
+
+
+@dataclass(frozen=True)
+class Chapter:
+    name: str  # "budget"
+    toc_file: str  # "nbs/budget"
+
+    def source(self, root: Path) -> Path:
+        return root / f"{self.toc_file}.ipynb"
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The repository root: the nearest folder upwards holding ``_toc.yml`` and ``pyproject.toml``."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "_toc.yml").is_file() and (d / "pyproject.toml").is_file():
+            return d
+    raise ParameterError(f"no dpnb checkout (with _toc.yml and pyproject.toml) at or above {here}")
+
+
+def _toc_files(node: Any) -> list[str]:
+    files: list[str] = []
+    if isinstance(node, dict):
+        for key in ("root", "file"):
+            if isinstance(node.get(key), str):
+                files.append(node[key])
+        for key in ("parts", "chapters", "sections"):
+            for child in node.get(key, []) or []:
+                files.extend(_toc_files(child))
+    elif isinstance(node, list):
+        for child in node:
+            files.extend(_toc_files(child))
+    return files
+
+
+def toc_entries(root: Path) -> list[str]:
+    """Every file named in ``_toc.yml``, in order (without suffix)."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    return _toc_files(toc)
+
+
+def chapters(root: Path) -> list[Chapter]:
+    """The chapters of the book: the ``_toc.yml`` entries that are notebooks under ``nbs/``."""
+    return [Chapter(Path(f).name, f) for f in toc_entries(root) if f.startswith("nbs/")]
+
+
+def profile_parameters(root: Path, profile: str, chapter: str) -> dict[str, Any]:
+    """Parameter overrides of ``profile`` for ``chapter`` (``book`` = none: the notebook's defaults)."""
+    if profile not in PROFILES:
+        raise ParameterError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    data = yaml.safe_load((root / "book" / "profiles.yml").read_text()) or {}
+    overrides = dict((data.get(profile) or {}).get(chapter) or {})
+    overrides["profile"] = profile
+    return overrides
+
+
+def _notebook_digest(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    cells = [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
+              sorted(c.get("metadata", {}).get("tags", []))) for c in nb["cells"]]
+    return json.dumps(cells)
+
+
+def cache_key(root: Path, chapter: Chapter, parameters: dict[str, Any]) -> str:
+    """Hash of what a chapter's outputs depend on: its cells, its parameters and the dpnb source."""
+    h = hashlib.sha256()
+    h.update(__version__.encode())
+    h.update(_notebook_digest(chapter.source(root)).encode())
+    h.update(json.dumps(parameters, sort_keys=True).encode())
+    h.update(os.environ.get("DPNB_DATA", "").encode())
+    pkg = Path(__file__).resolve().parent
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, force: bool = False) -> str:
+    """Execute one chapter unless its cached copy is current; returns "cached" or "executed"."""
+    import papermill as pm
+
+    params = profile_parameters(root, profile, chapter.name)
+    key = cache_key(root, chapter, params)
+    executed = build / "executed" / f"{chapter.name}.ipynb"
+    key_file = executed.with_suffix(".key")
+    results = build / "results" / f"{chapter.name}.csv"
+    if not force and executed.is_file() and key_file.is_file() and key_file.read_text() == key:
+        return "cached"
+    for d in ("executed", "results", "failed"):
+        (build / d).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"dpnb-{chapter.name}-", dir=build))
+    out = scratch / f"{chapter.name}.ipynb"
+    old_results = os.environ.get("DPNB_RESULTS")
+    os.environ["DPNB_RESULTS"] = str(scratch)
+    try:
+        pm.execute_notebook(str(chapter.source(root)), str(out), parameters=params, cwd=str(root),
+                            kernel_name="python3", progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        failed = build / "failed" / f"{chapter.name}.ipynb"
+        shutil.move(str(out), failed)
+        first = next((line for line in e.source.splitlines() if line.strip()), "")
+        raise ChapterFailed(
+            f"chapter {chapter.toc_file} failed in cell {e.cell_index} (`{first.strip()}`): "
+            f"{e.ename}: {e.evalue}  [notebook kept in {failed}]"
+        ) from None
+    finally:
+        if old_results is None:
+            os.environ.pop("DPNB_RESULTS", None)
+        else:
+            os.environ["DPNB_RESULTS"] = old_results
+        if not out.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+    csv = scratch / f"{chapter.name}.csv"
+    if csv.is_file():
+        os.replace(csv, results)
+    os.replace(out, executed)
+    key_file.write_text(key)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return "executed"
+
+
+def find_mathjax(root: Path) -> Path | None:
+    """The ``es5`` folder of a local MathJax 3 (``make setup`` installs it with npm)."""
+    candidates = [os.environ.get("DPNB_MATHJAX", ""),
+                  str(root / ".venv" / "mathjax" / "node_modules" / "mathjax" / "es5")]
+    for c in candidates:
+        if c and (Path(c) / "tex-chtml.js").is_file():
+            return Path(c)
+    return None
+
+
+def stage(root: Path, build: Path) -> Path:
+    """Assemble the Jupyter Book source: pages, executed chapters, bibliography, MathJax."""
+    src = build / "stage"
+    if src.exists():
+        shutil.rmtree(src)
+    (src / "_static").mkdir(parents=True)
+    shutil.copy(root / "_toc.yml", src / "_toc.yml")
+    config = yaml.safe_load((root / "book" / "_config.yml").read_text())
+    mathjax = find_mathjax(root)
+    if mathjax is not None:
+        # Not under _static: Jupyter Book adds every .js there to every page.
+        dest = src / "_extra" / "mathjax"
+        for part in ("input", "output/chtml", "ui", "a11y"):  # what tex-chtml.js loads lazily
+            shutil.copytree(mathjax / part, dest / part)
+        shutil.copy(mathjax / "tex-chtml.js", dest / "tex-chtml.js")
+        sphinx = config.setdefault("sphinx", {}).setdefault("config", {})
+        sphinx["html_extra_path"] = ["_extra"]  # copied to the root of the HTML
+        sphinx["mathjax_path"] = "../mathjax/tex-chtml.js"  # Sphinx resolves it from _static/
+    else:
+        print("warning: no local MathJax (run `make setup`); the HTML will load it from a CDN",
+              file=sys.stderr)
+    (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for item in (root / "book").iterdir():
+        if item.name.startswith("_") or item.name == "profiles.yml":
+            continue
+        dest = src / "book" / item.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if item.is_dir() else shutil.copy)(item, dest)
+    for ch in chapters(root):
+        dest = src / f"{ch.toc_file}.ipynb"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        executed = build / "executed" / f"{ch.name}.ipynb"
+        if executed.is_file():
+            shutil.copy(executed, dest)
+        else:
+            print(f"warning: chapter {ch.name} has not been executed; it appears without outputs",
+                  file=sys.stderr)
+            shutil.copy(ch.source(root), dest)
+    return src
+
+
+def build_html(root: Path, build: Path) -> Path:
+    """Run Jupyter Book on the staged source; swap the result into ``<build>/html`` on success."""
+    src = stage(root, build)
+    tmp = Path(tempfile.mkdtemp(prefix="dpnb-html-", dir=build))
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(tmp),
+           "--builder", "html", "-W", "-n", "--keep-going", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    html = tmp / "_build" / "html"
+    if proc.returncode != 0 or not (html / "index.html").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+        raise ChapterFailed(f"jupyter-book build failed (the previous HTML is kept):\n{tail}")
+    final = build / "html"
+    old = build / ".html-old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(html, final)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return final / "index.html"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=PROFILES, default="book",
+                   help="parameter profile: smoke (tests), book (defaults), gpu (full reproductions)")
+    p.add_argument("--only", metavar="CHAPTER", help="execute only this chapter (e.g. budget)")
+    p.add_argument("--build-dir", default=None, help="output folder (default book/_build)")
+    p.add_argument("--force", action="store_true", help="re-execute even when the cache is current")
+    p.add_argument("--no-html", action="store_true", help="execute the chapters only")
+
+
+def main(a: argparse.Namespace) -> int:
+    root = find_root()
+    build = Path(a.build_dir).resolve() if a.build_dir else root / "book" / "_build"
+    todo = chapters(root)
+    if a.only:
+        names = [c.name for c in todo]
+        if a.only not in names:
+            raise ParameterError(f"--only must be one of {', '.join(names)}; got {a.only!r}")
+        todo = [c for c in todo if c.name == a.only]
+    try:
+        for ch in todo:
+            t0 = time.perf_counter()
+            print(f"[dpnb book] {ch.name} ({a.profile} profile) ...", flush=True)
+            state = execute_chapter(root, build, ch, a.profile, force=a.force)
+            print(f"[dpnb book] {ch.name}: {state} in {time.perf_counter() - t0:.1f} s", flush=True)
+        if not a.no_html:
+            t0 = time.perf_counter()
+            index = build_html(root, build)
+            print(f"[dpnb book] HTML built in {time.perf_counter() - t0:.1f} s: {index}", flush=True)
+    except ChapterFailed as e:
+        print(f"dpnb book: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,156 @@
+"""The ``dpnb`` command line.
+
+``dpnb privacy`` is this book's ``compute_dp_sgd_privacy``::
+
+    dpnb privacy --dataset-size 60000 --batch-size 256 --noise-multiplier 1.1 --epochs 60 --delta 1e-5
+    dpnb privacy --sample-rate 0.01 --steps 5000 --noise-multiplier 1.0 --accountant prv --json
+    dpnb privacy --dataset-size 60000 --batch-size 256 --epochs 60 --target-epsilon 3
+
+``dpnb book`` executes the chapters and builds the HTML book (see :mod:`dpnb.book`).
+
+Bad input prints one line, ``dpnb <command>: error: ...``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from dpnb.params import ParameterError, check_int, check_number
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _privacy_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the run, given as data size, batch size and epochs")
+    g.add_argument("--dataset-size", type=str, metavar="N", help="number of private training examples")
+    g.add_argument("--batch-size", type=str, metavar="B", help="expected (Poisson) batch size")
+    g.add_argument("--epochs", type=str, metavar="E", help="passes over the data (may be fractional)")
+    g = p.add_argument_group("or as sampling rate and steps")
+    g.add_argument("--sample-rate", type=str, metavar="Q", help="Poisson sampling rate in (0, 1]")
+    g.add_argument("--steps", type=str, metavar="S", help="number of noisy gradient steps")
+    p.add_argument("--noise-multiplier", type=str, metavar="SIGMA",
+                   help="noise std divided by the clipping norm (> 0)")
+    p.add_argument("--target-epsilon", type=str, metavar="EPS",
+                   help="instead of --noise-multiplier: print the sigma that reaches this epsilon")
+    p.add_argument("--delta", type=str, default="1e-5", help="delta in (0, 1) (default 1e-5)")
+    p.add_argument("--accountant", choices=["rdp", "prv", "all"], default="all",
+                   help="which accountant(s) to use (default all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _resolve_run(a: argparse.Namespace) -> tuple[float, int]:
+    by_size = [a.dataset_size, a.batch_size, a.epochs]
+    by_rate = [a.sample_rate, a.steps]
+    if all(v is not None for v in by_rate) and not any(v is not None for v in by_size):
+        q = check_number("--sample-rate", a.sample_rate, low=0, high=1, low_open=True)
+        steps = check_int("--steps", a.steps, low=1)
+        return q, steps
+    if all(v is not None for v in by_size) and not any(v is not None for v in by_rate):
+        n = check_int("--dataset-size", a.dataset_size, low=1)
+        b = check_int("--batch-size", a.batch_size, low=1)
+        e = check_number("--epochs", a.epochs, low=0, low_open=True)
+        if b > n:
+            raise ParameterError(f"--batch-size must be at most --dataset-size ({n}), got {b}")
+        from dpnb.privacy import sample_rate_and_steps
+
+        return sample_rate_and_steps(dataset_size=n, batch_size=b, epochs=e)
+    raise ParameterError(
+        "give either --dataset-size, --batch-size and --epochs, or --sample-rate and --steps"
+    )
+
+
+def privacy_main(a: argparse.Namespace) -> int:
+    from dpnb import privacy
+
+    q, steps = _resolve_run(a)
+    delta = check_number("--delta", a.delta, low=0, high=1, low_open=True, high_open=True)
+    accountants = list(privacy.ACCOUNTANTS) if a.accountant == "all" else [a.accountant]
+    out: dict[str, object] = {"sample_rate": q, "steps": steps, "delta": delta}
+    eps: dict[str, float] = {}
+    if (a.noise_multiplier is None) == (a.target_epsilon is None):
+        raise ParameterError("give exactly one of --noise-multiplier and --target-epsilon")
+    if a.target_epsilon is not None:
+        target = check_number("--target-epsilon", a.target_epsilon, low=0, low_open=True)
+        sigmas: dict[str, float] = {}
+        for acc in accountants:
+            try:
+                sigmas[acc] = privacy.calibrate_noise_multiplier(
+                    target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=acc)
+            except ParameterError as e:
+                raise ParameterError(f"--target-epsilon: {e}") from None
+            eps[acc] = privacy.epsilon(noise_multiplier=sigmas[acc], sample_rate=q, steps=steps,
+                                       delta=delta, accountant=acc)
+        out["target_epsilon"] = target
+        out["noise_multiplier"] = sigmas
+    else:
+        sigma = check_number("--noise-multiplier", a.noise_multiplier, low=0, low_open=True)
+        out["noise_multiplier"] = sigma
+        for acc in accountants:
+            eps[acc] = privacy.epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps,
+                                       delta=delta, accountant=acc)
+    out["epsilon"] = eps
+    order = None
+    if "rdp" in accountants:
+        sig_rdp = out["noise_multiplier"]["rdp"] if isinstance(out["noise_multiplier"], dict) else out["noise_multiplier"]
+        order = privacy.rdp_epsilon(noise_multiplier=float(sig_rdp), sample_rate=q, steps=steps,
+                                    delta=delta)[1]
+        out["rdp_order"] = order
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    print(f"DP-SGD with Poisson sampling, add/remove-one adjacency")
+    print(f"  sample rate q      = {q:.6g}")
+    print(f"  steps              = {steps}")
+    print(f"  delta              = {delta:g}")
+    if a.target_epsilon is not None:
+        print(f"  target epsilon     = {out['target_epsilon']:g}")
+        for acc in accountants:
+            print(f"  noise multiplier   = {out['noise_multiplier'][acc]:.4f}  ({acc.upper()}, "
+                  f"epsilon = {eps[acc]:.4f})")
+    else:
+        print(f"  noise multiplier   = {out['noise_multiplier']:g}")
+        for acc in accountants:
+            print(f"  epsilon ({acc.upper():3s})     = {eps[acc]:.4f}")
+    if order is not None:
+        print(f"  optimal RDP order  = {order:g}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dpnb", description="Helpers of the dpnb book on differentially private deep learning.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    pp = sub.add_parser("privacy", help="epsilon of DP-SGD (RDP and PRV accountants), or sigma for a target epsilon")
+    _privacy_args(pp)
+    pb = sub.add_parser("book", help="execute the chapters (papermill) and build the HTML book")
+    from dpnb.book import add_arguments
+
+    add_arguments(pb)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    prog = f"dpnb {a.command}"
+    try:
+        if a.command == "privacy":
+            return privacy_main(a)
+        from dpnb.book import main as book_main
+
+        return book_main(a)
+    except ParameterError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

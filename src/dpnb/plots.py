@@ -1,0 +1,77 @@
+"""Figures of the book: seaborn/matplotlib, labelled axes with units, ε and δ in titles.
+
+Each function takes a tidy :class:`pandas.DataFrame` (the one the chapter also shows or
+saves) and returns the :class:`matplotlib.figure.Figure`, so the code behind every figure is
+one call away from the data behind it.
+
+Example::
+
+    >>> import pandas as pd
+    >>> from dpnb import plots
+    >>> df = pd.DataFrame({"epsilon": [0.5, 1.0], "delta": [1e-2, 1e-3], "noise_multiplier": [1.0, 1.0]})
+    >>> fig = plots.gaussian_privacy_profile(df)
+    >>> fig.axes[0].get_xlabel()
+    'ε'
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+sns.set_theme(context="notebook", style="whitegrid")
+
+
+def gaussian_privacy_profile(df: pd.DataFrame) -> Figure:
+    """δ(ε) of one Gaussian mechanism (sensitivity 1) for several noise multipliers σ."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=df, x="epsilon", y="delta", hue="noise_multiplier", palette="viridis", ax=ax)
+    ax.set(yscale="log", xlabel="ε", ylabel="δ(ε)  (log scale)",
+           title="Privacy profile of one Gaussian mechanism, sensitivity 1")
+    ax.legend(title="noise multiplier σ")
+    fig.tight_layout()
+    return fig
+
+
+def rdp_curves(df: pd.DataFrame) -> Figure:
+    """RDP ε(α) of one sampled-Gaussian step against the order α, one line per sampling rate."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=df, x="order", y="rdp", hue="sample_rate", style="order_type",
+                 markers=True, dashes=False, palette="rocket", ax=ax, markersize=4)
+    sigma = df["noise_multiplier"].iloc[0]
+    ax.set(xscale="log", yscale="log", xlabel="Rényi order α (log scale)",
+           ylabel="RDP ε(α) of one step (log scale)",
+           title=f"Sampled Gaussian mechanism, σ = {sigma:g}")
+    ax.legend(title="sample rate q / order", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def conversion_curves(df: pd.DataFrame, *, title: str) -> Figure:
+    """(ε, δ) obtained at each order α by two RDP→DP conversions, with the best order marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=df, x="order", y="epsilon", hue="conversion", ax=ax)
+    for conv, g in df.groupby("conversion"):
+        best = g.loc[g["epsilon"].idxmin()]
+        ax.scatter([best["order"]], [best["epsilon"]], color="black", zorder=3, s=20)
+        ax.annotate(f"ε = {best['epsilon']:.2f} at α = {best['order']:g}",
+                    (best["order"], best["epsilon"]), textcoords="offset points",
+                    xytext=(8, 8 if conv == "mironov" else -14), fontsize=8)
+    ax.set(xscale="log", ylim=(0, df["epsilon"].min() * 3), xlabel="Rényi order α (log scale)",
+           ylabel="ε at this order", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def epsilon_vs_epochs(df: pd.DataFrame, *, delta: float, accountant: str) -> Figure:
+    """ε against epochs, one line per σ, one panel per sampling rate."""
+    g = sns.relplot(data=df, x="epochs", y="epsilon", hue="noise_multiplier", col="sample_rate",
+                    kind="line", palette="viridis", height=3.3, aspect=1.1,
+                    facet_kws={"sharey": False})
+    g.set_axis_labels("epochs", "ε")
+    g.set_titles(col_template="q = {col_name}")
+    g.legend.set_title("noise multiplier σ")
+    g.figure.suptitle(f"Privacy spent by DP-SGD (δ = {delta:g}, {accountant})", y=1.03)
+    return g.figure

@@ -1,0 +1,398 @@
+r"""Privacy accounting for DP-SGD: the sampled Gaussian mechanism, from scratch.
+
+DP-SGD (Abadi et al. 2016) releases, at every step, the sum of clipped per-example
+gradients of a Poisson-sampled batch plus Gaussian noise. That step is the *sampled
+Gaussian mechanism* (SGM). This module computes its Rényi-DP curve, composes it over the
+steps of training, and converts the result to (ε, δ)-DP, with the formulas written out so
+that the book's budget chapter can show each of them.
+
+Example::
+
+    >>> from dpnb import privacy
+    >>> q, steps = privacy.sample_rate_and_steps(dataset_size=60_000, batch_size=256, epochs=60)
+    >>> round(q, 6), steps
+    (0.004267, 14063)
+    >>> eps, order = privacy.rdp_epsilon(noise_multiplier=1.1, sample_rate=q, steps=steps,
+    ...                                  delta=1e-5, conversion="mironov")
+    >>> round(eps, 2), order
+    (3.01, 8.8)
+
+Everything here assumes Poisson sampling (each example joins each batch independently with
+probability ``sample_rate``) and add/remove-one adjacency, which is what Opacus's
+``DPDataLoader`` implements and what its accountants assume.
+
+References (keys of ``book/references.bib``):
+
+* ``mironov2017renyi``: I. Mironov, *Rényi Differential Privacy*, CSF 2017.
+* ``mironov2019sgm``: I. Mironov, K. Talwar, L. Zhang, *Rényi Differential Privacy of the
+  Sampled Gaussian Mechanism*, arXiv:1908.10530, 2019.
+* ``balle2020hypothesis``: B. Balle et al., *Hypothesis Testing Interpretations and Rényi
+  Differential Privacy*, AISTATS 2020.
+* ``canonne2020discrete``: C. Canonne, G. Kamath, T. Steinke, *The Discrete Gaussian for
+  Differential Privacy*, NeurIPS 2020.
+* ``gopi2021prv``: S. Gopi, Y. T. Lee, L. Wutschitz, *Numerical Composition of Differential
+  Privacy*, NeurIPS 2021 (the PRV accountant, used here through Opacus).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from scipy import special, stats
+
+from dpnb.params import ParameterError, check_int, check_number
+
+__all__ = [
+    "DEFAULT_ORDERS",
+    "Conversion",
+    "Accountant",
+    "sample_rate_and_steps",
+    "gaussian_rdp",
+    "gaussian_delta",
+    "classic_gaussian_sigma",
+    "sgm_rdp",
+    "rdp_to_epsilon",
+    "epsilon_by_order",
+    "epsilon_curve",
+    "rdp_epsilon",
+    "prv_epsilon",
+    "epsilon",
+    "calibrate_noise_multiplier",
+]
+
+#: Rényi orders searched by default: those of Opacus's ``RDPAccountant`` (and of TF Privacy),
+#: so that numbers computed here can be compared one-to-one with theirs.
+DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+
+Conversion = Literal["balle", "mironov"]
+Accountant = Literal["rdp", "prv"]
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
+
+
+def sample_rate_and_steps(*, dataset_size: int, batch_size: int, epochs: float) -> tuple[float, int]:
+    """Sampling rate ``q = batch_size / dataset_size`` and ``steps = ceil(epochs / q)``.
+
+    ``batch_size`` is the *expected* batch size under Poisson sampling. The rounding of the
+    step count follows TF Privacy's ``compute_dp_sgd_privacy``.
+    """
+    dataset_size = check_int("dataset_size", dataset_size, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    epochs = check_number("epochs", epochs, low=0, low_open=True)
+    if batch_size > dataset_size:
+        raise ParameterError(
+            f"batch_size must be at most dataset_size ({dataset_size}), got {batch_size}"
+        )
+    q = batch_size / dataset_size
+    return q, int(math.ceil(epochs * dataset_size / batch_size))
+
+
+def _check_mechanism(noise_multiplier: float, sample_rate: float) -> tuple[float, float]:
+    sigma = check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
+    q = check_number("sample_rate", sample_rate, low=0, high=1, low_open=True)
+    return sigma, q
+
+
+def _check_orders(orders: Sequence[float]) -> np.ndarray:
+    a = np.asarray(orders, dtype=float)
+    if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 1):
+        raise ParameterError("orders must be a non-empty list of finite numbers > 1")
+    return a
+
+
+# --------------------------------------------------------------------------------------
+# Gaussian mechanism
+# --------------------------------------------------------------------------------------
+
+
+def gaussian_rdp(*, noise_multiplier: float, orders: Sequence[float] = DEFAULT_ORDERS) -> np.ndarray:
+    r"""RDP of the Gaussian mechanism with L2 sensitivity 1 and noise ``noise_multiplier``.
+
+    :math:`\varepsilon(\alpha) = \alpha / (2\sigma^2)` (Mironov 2017, Proposition 7).
+    """
+    sigma = check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
+    return _check_orders(orders) / (2 * sigma**2)
+
+
+def gaussian_delta(*, noise_multiplier: float, epsilon: float) -> float:
+    r"""Exact δ(ε) of one Gaussian mechanism with sensitivity 1 (Balle & Wang 2018, Thm. 8).
+
+    :math:`\delta = \Phi(\tfrac{1}{2\sigma} - \varepsilon\sigma) - e^{\varepsilon}\,\Phi(-\tfrac{1}{2\sigma} - \varepsilon\sigma)`.
+    """
+    sigma = check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
+    eps = check_number("epsilon", epsilon, low=0)
+    a = stats.norm.cdf(0.5 / sigma - eps * sigma)
+    b = math.exp(eps) * stats.norm.cdf(-0.5 / sigma - eps * sigma)
+    return float(max(a - b, 0.0))
+
+
+def classic_gaussian_sigma(*, epsilon: float, delta: float) -> float:
+    r"""Noise of the textbook Gaussian mechanism, :math:`\sigma = \sqrt{2\ln(1.25/\delta)}/\varepsilon`.
+
+    Valid for ε < 1 only (Dwork & Roth 2014, Theorem A.1).
+    """
+    eps = check_number("epsilon", epsilon, low=0, high=1, low_open=True, high_open=True)
+    delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
+    return math.sqrt(2 * math.log(1.25 / delta)) / eps
+
+
+# --------------------------------------------------------------------------------------
+# Sampled Gaussian mechanism (Mironov, Talwar, Zhang 2019)
+# --------------------------------------------------------------------------------------
+
+
+def _log_a_integer(alpha: int, q: float, sigma: float) -> float:
+    r"""log A_α for integer α (Mironov et al. 2019, Section 3.3, Eq. for integer α).
+
+    :math:`A_\alpha = \sum_{k=0}^{\alpha} \binom{\alpha}{k} (1-q)^{\alpha-k} q^k
+    \exp\big(\tfrac{k^2-k}{2\sigma^2}\big)`.
+
+    The binomial weights sum to one, so :math:`A_\alpha - 1` is the same sum with
+    :math:`e^x - 1` in place of :math:`e^x`; its terms for k = 0, 1 vanish and the rest are
+    positive. Summing those and taking ``log1p`` keeps full precision when A_α is close to 1
+    (small q or large σ), where ``log`` of the plain sum would lose it.
+    """
+    k = np.arange(2, alpha + 1, dtype=float)
+    if k.size == 0:
+        return 0.0
+    log_binom = special.gammaln(alpha + 1) - special.gammaln(k + 1) - special.gammaln(alpha - k + 1)
+    x = (k * k - k) / (2 * sigma**2)
+    log_expm1 = x + np.log(-np.expm1(-x))  # log(e^x - 1), stable for small and large x
+    terms = log_binom + k * math.log(q) + (alpha - k) * math.log1p(-q) + log_expm1
+    return float(np.logaddexp(0.0, special.logsumexp(terms)))
+
+
+def _log_a_fractional(alpha: float, q: float, sigma: float) -> float:
+    r"""log A_α for fractional α (Mironov et al. 2019, Section 3.3, the two-series form).
+
+    With :math:`z_0 = \sigma^2 \ln(1/q - 1) + 1/2`, :math:`A_\alpha = A_0 + A_1` where
+
+    .. math::
+        A_0 = \sum_{i\ge 0} \binom{\alpha}{i} q^i (1-q)^{\alpha-i}
+              e^{(i^2-i)/(2\sigma^2)}\, \Phi\!\big(\tfrac{z_0-i}{\sigma}\big),\quad
+        A_1 = \sum_{i\ge 0} \binom{\alpha}{i} q^{\alpha-i} (1-q)^{i}
+              e^{(j^2-j)/(2\sigma^2)}\, \Phi\!\big(\tfrac{j-z_0}{\sigma}\big),\ j=\alpha-i.
+
+    The binomial coefficients of a fractional α change sign past ``ceil(α)``, so the series
+    are summed with signs in log space; terms are added in doubling blocks until they drop below
+    e^-40 (A_α ≥ 1, so that is far below float precision).
+    """
+    z0 = sigma**2 * math.log(1 / q - 1) + 0.5
+    total_log, total_sign = [], []
+    start, block = 0, 64
+    while True:
+        i = np.arange(start, start + block, dtype=float)
+        j = alpha - i
+        log_binom = special.gammaln(alpha + 1) - special.gammaln(i + 1) - special.gammaln(j + 1)
+        sign = special.gammasgn(j + 1)  # sign of binom(alpha, i); Γ(i+1) > 0
+        s0 = (log_binom + i * math.log(q) + j * math.log1p(-q)
+              + (i * i - i) / (2 * sigma**2) + special.log_ndtr((z0 - i) / sigma))
+        s1 = (log_binom + j * math.log(q) + i * math.log1p(-q)
+              + (j * j - j) / (2 * sigma**2) + special.log_ndtr((j - z0) / sigma))
+        total_log.extend([s0, s1])
+        total_sign.extend([sign, sign])
+        if start > alpha and max(s0.max(), s1.max()) < -40:
+            break
+        start += block
+        block *= 2  # for q near 1/2 the tail decays only polynomially
+        if start > 1 << 24:  # pragma: no cover - would need q close to 1/2 and alpha close to 1
+            raise RuntimeError("sampled Gaussian RDP series did not converge")
+    logs = np.concatenate(total_log)
+    signs = np.concatenate(total_sign)
+    value, sign = special.logsumexp(logs, b=signs, return_sign=True)
+    if sign <= 0:  # pragma: no cover - A_alpha >= 1 mathematically
+        raise RuntimeError("sampled Gaussian RDP series lost precision")
+    return float(value)
+
+
+def sgm_rdp(
+    *, noise_multiplier: float, sample_rate: float, orders: Sequence[float] = DEFAULT_ORDERS
+) -> np.ndarray:
+    r"""RDP ε(α) of **one step** of the sampled Gaussian mechanism (Poisson rate ``sample_rate``).
+
+    :math:`\varepsilon(\alpha) = \frac{1}{\alpha-1}\log A_\alpha` (Mironov, Talwar, Zhang 2019,
+    Theorem 4 and Section 3.3). For ``sample_rate == 1`` this is the Gaussian mechanism.
+    """
+    sigma, q = _check_mechanism(noise_multiplier, sample_rate)
+    a = _check_orders(orders)
+    if q == 1.0:
+        return a / (2 * sigma**2)
+    out = np.empty_like(a)
+    for n, alpha in enumerate(a):
+        if float(alpha).is_integer():
+            log_a = _log_a_integer(int(alpha), q, sigma)
+        else:
+            log_a = _log_a_fractional(float(alpha), q, sigma)
+        out[n] = log_a / (alpha - 1)
+    return out
+
+
+def _eps_at_orders(rdp: np.ndarray, a: np.ndarray, delta: float, conversion: str) -> np.ndarray:
+    if conversion == "mironov":
+        eps = rdp + math.log(1 / delta) / (a - 1)
+    elif conversion == "balle":
+        eps = rdp + np.log1p(-1 / a) - (math.log(delta) + np.log(a)) / (a - 1)
+    else:
+        raise ParameterError(f"conversion must be 'balle' or 'mironov', got {conversion!r}")
+    return np.where(np.isnan(eps), np.inf, eps)
+
+
+def rdp_to_epsilon(
+    *, rdp: Sequence[float], orders: Sequence[float], delta: float, conversion: Conversion = "balle"
+) -> tuple[float, float]:
+    r"""Best (ε, order) of an RDP curve at ``delta``.
+
+    ``conversion="mironov"``: :math:`\varepsilon = \varepsilon(\alpha) + \frac{\log(1/\delta)}{\alpha-1}`
+    (Mironov 2017, Proposition 3), what older tools printed.
+
+    ``conversion="balle"``: :math:`\varepsilon = \varepsilon(\alpha) + \log\frac{\alpha-1}{\alpha}
+    - \frac{\log\delta + \log\alpha}{\alpha-1}` (Balle et al. 2020, Theorem 21; Canonne et al.
+    2020, Proposition 12), what Opacus and dp-accounting use now. It is never larger.
+    """
+    delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
+    a = _check_orders(orders)
+    r = np.asarray(rdp, dtype=float)
+    if r.shape != a.shape:
+        raise ParameterError("rdp and orders must have the same length")
+    eps = _eps_at_orders(r, a, delta, conversion)
+    best = int(np.argmin(eps))
+    return max(float(eps[best]), 0.0), float(a[best])
+
+
+def epsilon_by_order(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    conversion: Conversion = "balle",
+) -> np.ndarray:
+    """ε obtained at each order α (before taking the minimum), for plots of the conversion."""
+    steps = check_int("steps", steps, low=1)
+    delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
+    a = _check_orders(orders)
+    rdp = steps * sgm_rdp(noise_multiplier=noise_multiplier, sample_rate=sample_rate, orders=a)
+    return _eps_at_orders(rdp, a, delta, conversion)
+
+
+def epsilon_curve(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: Sequence[int],
+    delta: float,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    conversion: Conversion = "balle",
+) -> np.ndarray:
+    """RDP ε after each step count in ``steps``; the per-step curve is computed once."""
+    per_step = sgm_rdp(noise_multiplier=noise_multiplier, sample_rate=sample_rate, orders=orders)
+    return np.array([
+        rdp_to_epsilon(rdp=check_int("steps", t, low=1) * per_step, orders=orders, delta=delta,
+                       conversion=conversion)[0]
+        for t in steps
+    ])
+
+
+def rdp_epsilon(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    conversion: Conversion = "balle",
+) -> tuple[float, float]:
+    """(ε, optimal order) of ``steps`` SGM steps, by RDP composition (Mironov 2017, Prop. 1)."""
+    steps = check_int("steps", steps, low=1)
+    rdp = steps * sgm_rdp(noise_multiplier=noise_multiplier, sample_rate=sample_rate, orders=orders)
+    return rdp_to_epsilon(rdp=rdp, orders=orders, delta=delta, conversion=conversion)
+
+
+def prv_epsilon(
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, eps_error: float = 0.01
+) -> float:
+    """ε of ``steps`` SGM steps by the PRV accountant (Gopi et al. 2021), via Opacus.
+
+    The PRV accountant composes privacy loss distributions numerically; it returns an upper
+    bound within ``eps_error`` of the true ε of the composition.
+    """
+    sigma, q = _check_mechanism(noise_multiplier, sample_rate)
+    steps = check_int("steps", steps, low=1)
+    delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
+    from opacus.accountants import PRVAccountant
+
+    accountant = PRVAccountant()
+    accountant.history = [(sigma, q, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(accountant.get_epsilon(delta=delta, eps_error=eps_error))
+
+
+def epsilon(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: Accountant = "rdp",
+) -> float:
+    """ε of DP-SGD under the named accountant (``"rdp"`` with the Balle conversion, or ``"prv"``)."""
+    if accountant == "rdp":
+        return rdp_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                           steps=steps, delta=delta)[0]
+    if accountant == "prv":
+        return prv_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                           steps=steps, delta=delta)
+    raise ParameterError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+
+
+def calibrate_noise_multiplier(
+    *,
+    target_epsilon: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: Accountant = "rdp",
+    sigma_max: float = 1_000.0,
+    rel_tol: float = 1e-3,
+) -> float:
+    """Smallest σ (up to ``rel_tol``) whose ε is at most ``target_epsilon``: bisection.
+
+    ε decreases monotonically in σ, so bisection on [σ_lo, σ_hi] converges; the σ returned is
+    the upper end of the final bracket, so its ε never exceeds the target. Raises
+    :class:`ParameterError` when even ``sigma_max`` cannot reach the target.
+    """
+    target = check_number("target_epsilon", target_epsilon, low=0, low_open=True)
+    q = check_number("sample_rate", sample_rate, low=0, high=1, low_open=True)
+    steps = check_int("steps", steps, low=1)
+    delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
+
+    def eps_at(sigma: float) -> float:
+        return epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
+                       accountant=accountant)
+
+    hi = 1.0
+    while eps_at(hi) > target:
+        hi *= 2
+        if hi > sigma_max:
+            raise ParameterError(
+                f"target_epsilon={target:g} is unreachable with noise_multiplier <= {sigma_max:g} "
+                f"(sample_rate={q:g}, steps={steps}, delta={delta:g}, accountant={accountant}); "
+                "raise the target, or lower sample_rate or steps"
+            )
+    lo = hi / 2
+    while eps_at(lo) <= target:  # bracket from below as well (targets that need sigma < 1)
+        hi, lo = lo, lo / 2
+        if lo < 1e-3:
+            return hi
+    while hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        if eps_at(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi

@@ -1,0 +1,65 @@
+"""Tidy results: one row per headline number, one CSV per chapter.
+
+Every chapter records what it measured with :class:`Results` and saves it at its end to
+``$DPNB_RESULTS/<chapter>.csv`` (``dpnb book`` sets ``DPNB_RESULTS``; run by hand, a chapter
+writes to ``results/`` below the working folder). Each ε comes with its δ and accountant.
+
+Example::
+
+    >>> import tempfile, os
+    >>> r = Results(chapter="budget", profile="smoke")
+    >>> r.add(experiment="reference", dataset="none", model="DP-SGD", dp=True, epsilon=2.6,
+    ...       delta=1e-5, accountant="rdp (Poisson)", metric="epsilon", value=2.6, seconds=0.1)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     os.environ["DPNB_RESULTS"] = d
+    ...     print(r.save().name)
+    budget.csv
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["chapter", "experiment", "dataset", "model", "dp", "epsilon", "delta", "accountant",
+           "metric", "value", "seconds", "profile"]
+
+
+def results_dir() -> Path:
+    """Where chapters write their CSV: ``$DPNB_RESULTS``, else ``./results``."""
+    return Path(os.environ.get("DPNB_RESULTS") or "results")
+
+
+class Results:
+    """Collects a chapter's headline rows and writes them as one tidy CSV."""
+
+    def __init__(self, *, chapter: str, profile: str) -> None:
+        self.chapter = chapter
+        self.profile = profile
+        self.rows: list[dict[str, object]] = []
+
+    def add(self, *, experiment: str, dataset: str, model: str, dp: bool, epsilon: float | None,
+            delta: float | None, accountant: str, metric: str, value: float,
+            seconds: float) -> None:
+        """Record one number. Non-private rows pass ``epsilon=None, delta=None, accountant=""``."""
+        if dp and (epsilon is None or delta is None or not accountant):
+            raise ValueError("a DP result needs its epsilon, delta and accountant")
+        self.rows.append(dict(chapter=self.chapter, experiment=experiment, dataset=dataset,
+                              model=model, dp=dp, epsilon=epsilon, delta=delta,
+                              accountant=accountant, metric=metric, value=value,
+                              seconds=seconds, profile=self.profile))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+    def save(self) -> Path:
+        """Write ``<results_dir>/<chapter>.csv`` atomically and return its path."""
+        out = results_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{self.chapter}.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        self.frame().to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        return path
