@@ -119,7 +119,7 @@ def privacy_main(a: argparse.Namespace) -> int:
     else:
         print(f"  noise multiplier   = {out['noise_multiplier']:g}")
         for acc in accountants:
-            print(f"  epsilon ({acc.upper():3s})     = {eps[acc]:.4f}")
+            print(f"  {'epsilon (' + acc.upper() + ')':<19s}= {eps[acc]:.4f}")
     if order is not None:
         print(f"  optimal RDP order  = {order:g}")
     return 0

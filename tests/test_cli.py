@@ -1,0 +1,107 @@
+"""`dpnb privacy`: the numbers, the JSON, and a one-line error with exit 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_dpnb
+
+REF = ["--dataset-size", "60000", "--batch-size", "256", "--noise-multiplier", "1.1", "--epochs", "60",
+       "--delta", "1e-5"]
+
+
+def test_reference_run_text() -> None:
+    proc = run_dpnb("privacy", *REF)
+    assert proc.returncode == 0, proc.stderr
+    assert "steps              = 14063" in proc.stdout
+    assert "epsilon (RDP)      = 2.59" in proc.stdout
+    assert "epsilon (PRV)      = 2.39" in proc.stdout
+    assert "optimal RDP order  = 8.1" in proc.stdout
+
+
+def test_reference_run_json() -> None:
+    proc = run_dpnb("privacy", *REF, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["steps"] == 14063
+    assert out["sample_rate"] == pytest.approx(256 / 60000)
+    assert out["delta"] == 1e-5
+    assert set(out["epsilon"]) == {"rdp", "prv"}
+    assert out["epsilon"]["rdp"] == pytest.approx(2.5967, abs=1e-4)
+    assert out["epsilon"]["prv"] == pytest.approx(2.39, abs=0.02)
+
+
+def test_sample_rate_and_steps_single_accountant() -> None:
+    proc = run_dpnb("privacy", "--sample-rate", "0.01", "--steps", "1000", "--noise-multiplier", "1.0",
+                    "--accountant", "rdp", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert list(out["epsilon"]) == ["rdp"]
+    assert out["steps"] == 1000 and out["sample_rate"] == 0.01
+
+
+def test_target_epsilon_prints_calibrated_sigma() -> None:
+    proc = run_dpnb("privacy", "--sample-rate", "0.004", "--steps", "10000", "--target-epsilon", "2",
+                    "--accountant", "rdp", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    sigma = out["noise_multiplier"]["rdp"]
+    assert 0.5 < sigma < 5
+    assert 1.98 <= out["epsilon"]["rdp"] <= 2.0
+    # and feeding that sigma back gives the same epsilon
+    back = json.loads(run_dpnb("privacy", "--sample-rate", "0.004", "--steps", "10000", "--noise-multiplier",
+                               str(sigma), "--accountant", "rdp", "--json").stdout)
+    assert back["epsilon"]["rdp"] == pytest.approx(out["epsilon"]["rdp"])
+
+
+BAD = [
+    (["--noise-multiplier", "0"], "--noise-multiplier must be > 0"),
+    (["--noise-multiplier", "-1.1"], "--noise-multiplier must be > 0"),
+    (["--noise-multiplier", "abc"], "--noise-multiplier must be a number > 0, got 'abc'"),
+    (["--noise-multiplier", "nan"], "--noise-multiplier must be > 0"),
+    (["--delta", "0"], "--delta must be in (0, 1)"),
+    (["--delta", "1"], "--delta must be in (0, 1)"),
+    (["--delta", "x"], "--delta must be a number in (0, 1)"),
+    (["--batch-size", "70000"], "--batch-size must be at most --dataset-size (60000)"),
+    (["--dataset-size", "1e9.5"], "--dataset-size must be an integer >= 1"),
+    (["--epochs", "0"], "--epochs must be > 0"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD)
+def test_bad_input_one_line_exit_2(override: list[str], message: str) -> None:
+    args = dict(zip(REF[::2], REF[1::2]))
+    args.update(dict(zip(override[::2], override[1::2])))
+    proc = run_dpnb("privacy", *[x for kv in args.items() for x in kv])
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("dpnb privacy: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sample-rate", "0", "--steps", "10", "--noise-multiplier", "1"], "--sample-rate must be in (0, 1]"),
+        (["--sample-rate", "1.5", "--steps", "10", "--noise-multiplier", "1"], "--sample-rate must be in (0, 1]"),
+        (["--sample-rate", "0.1", "--steps", "0", "--noise-multiplier", "1"], "--steps must be an integer >= 1"),
+        (["--sample-rate", "0.1", "--noise-multiplier", "1"], "give either --dataset-size"),
+        (["--sample-rate", "0.1", "--steps", "5", "--epochs", "3", "--noise-multiplier", "1"], "give either"),
+        (["--sample-rate", "0.1", "--steps", "10"], "exactly one of --noise-multiplier and --target-epsilon"),
+        (["--sample-rate", "0.5", "--steps", "10000", "--target-epsilon", "0.01", "--accountant", "rdp"],
+         "target_epsilon=0.01 is unreachable"),
+        (["--sample-rate", "0.1", "--steps", "10", "--target-epsilon", "-1"], "--target-epsilon must be > 0"),
+        (["--sample-rate", "0.1", "--steps", "10", "--noise-multiplier", "1", "--accountant", "moments"],
+         "invalid choice: 'moments'"),
+    ],
+)
+def test_more_bad_input(args: list[str], message: str) -> None:
+    proc = run_dpnb("privacy", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
