@@ -143,8 +143,11 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
         (build / d).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"dpnb-{chapter.name}-", dir=build))
     out = scratch / f"{chapter.name}.ipynb"
-    old_results = os.environ.get("DPNB_RESULTS")
+    old_env = {k: os.environ.get(k) for k in ("DPNB_RESULTS", "JUPYTER_PATH")}
     os.environ["DPNB_RESULTS"] = str(scratch)
+    # Prefer the kernel installed in this environment over any user-wide "python3" kernel.
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        p for p in (str(Path(sys.prefix) / "share" / "jupyter"), old_env["JUPYTER_PATH"]) if p)
     try:
         pm.execute_notebook(str(chapter.source(root)), str(out), parameters=params, cwd=str(root),
                             kernel_name="python3", progress_bar=False, log_output=False)
@@ -157,10 +160,11 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
             f"{e.ename}: {e.evalue}  [notebook kept in {failed}]"
         ) from None
     finally:
-        if old_results is None:
-            os.environ.pop("DPNB_RESULTS", None)
-        else:
-            os.environ["DPNB_RESULTS"] = old_results
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if not out.exists():
             shutil.rmtree(scratch, ignore_errors=True)
     csv = scratch / f"{chapter.name}.csv"
@@ -182,6 +186,15 @@ def find_mathjax(root: Path) -> Path | None:
     return None
 
 
+def _write_favicon(path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGBA", (32, 32), (42, 77, 105, 255))
+    ImageDraw.Draw(img).text((11, 8), "e", fill=(255, 255, 255, 255))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="ICO")
+
+
 def stage(root: Path, build: Path) -> Path:
     """Assemble the Jupyter Book source: pages, executed chapters, bibliography, MathJax."""
     src = build / "stage"
@@ -197,12 +210,14 @@ def stage(root: Path, build: Path) -> Path:
         for part in ("input", "output/chtml", "ui", "a11y"):  # what tex-chtml.js loads lazily
             shutil.copytree(mathjax / part, dest / part)
         shutil.copy(mathjax / "tex-chtml.js", dest / "tex-chtml.js")
-        sphinx = config.setdefault("sphinx", {}).setdefault("config", {})
-        sphinx["html_extra_path"] = ["_extra"]  # copied to the root of the HTML
-        sphinx["mathjax_path"] = "../mathjax/tex-chtml.js"  # Sphinx resolves it from _static/
+        # Sphinx resolves a relative mathjax_path from _static/.
+        config.setdefault("sphinx", {}).setdefault("config", {})["mathjax_path"] = "../mathjax/tex-chtml.js"
     else:
         print("warning: no local MathJax (run `make setup`); the HTML will load it from a CDN",
               file=sys.stderr)
+    _write_favicon(src / "_extra" / "favicon.ico")  # browsers ask for /favicon.ico on every site
+    sphinx = config.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx["html_extra_path"] = ["_extra"]  # copied to the root of the HTML
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     for item in (root / "book").iterdir():
         if item.name.startswith("_") or item.name == "profiles.yml":

@@ -1,0 +1,148 @@
+"""The book pipeline: smoke execution, results CSV, cache, failures, HTML in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_dpnb
+from dpnb import book
+from dpnb.results import COLUMNS
+
+
+def test_smoke_build_executes_every_chapter(smoke_build: Path) -> None:
+    for ch in book.chapters(ROOT):
+        nb = json.loads((smoke_build / "executed" / f"{ch.name}.ipynb").read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert code and all(c.get("execution_count") for c in code)
+        assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+        injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert injected and 'profile = "smoke"' in "".join(injected[0]["source"])
+
+
+def test_results_csv_is_tidy(smoke_build: Path) -> None:
+    for ch in book.chapters(ROOT):
+        df = pd.read_csv(smoke_build / "results" / f"{ch.name}.csv")
+        assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+        assert len(df) > 0
+        assert (df["chapter"] == ch.name).all() and (df["profile"] == "smoke").all()
+        dp = df[df["dp"]]
+        assert dp["epsilon"].notna().all() and dp["delta"].notna().all()
+        assert (dp["accountant"].str.len() > 0).all()
+
+
+def test_budget_results_match_the_library(smoke_build: Path) -> None:
+    from dpnb import privacy
+
+    df = pd.read_csv(smoke_build / "results" / "budget.csv")
+    q, steps = privacy.sample_rate_and_steps(dataset_size=60_000, batch_size=256, epochs=5)  # smoke epochs
+    ref = df[df["experiment"] == "reference run"].set_index("accountant")["value"]
+    expected = privacy.rdp_epsilon(noise_multiplier=1.1, sample_rate=q, steps=steps, delta=1e-5)[0]
+    assert ref["rdp (Poisson sampling)"] == pytest.approx(expected)
+    assert ref["prv (Poisson sampling)"] < ref["rdp (Poisson sampling)"] < ref["rdp-mironov (Poisson sampling)"]
+
+
+def test_unchanged_chapter_is_not_re_executed(smoke_build: Path) -> None:
+    t0 = time.perf_counter()
+    proc = run_dpnb("book", "--profile", "smoke", "--build-dir", str(smoke_build), "--no-html")
+    assert proc.returncode == 0, proc.stderr
+    assert "budget: cached" in proc.stdout
+    assert time.perf_counter() - t0 < 30
+
+
+def test_cache_key_depends_on_parameters_and_cells() -> None:
+    ch = book.chapters(ROOT)[0]
+    smoke = book.cache_key(ROOT, ch, book.profile_parameters(ROOT, "smoke", ch.name))
+    default = book.cache_key(ROOT, ch, book.profile_parameters(ROOT, "book", ch.name))
+    assert smoke != default
+    assert smoke == book.cache_key(ROOT, ch, book.profile_parameters(ROOT, "smoke", ch.name))
+
+
+def _copy_checkout(dest: Path) -> Path:
+    dest.mkdir()
+    for name in ("_toc.yml", "pyproject.toml"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "nbs", dest / "nbs")
+    shutil.copytree(ROOT / "book", dest / "book", ignore=shutil.ignore_patterns("_build"))
+    return dest
+
+
+def test_failing_chapter_names_cell_and_error_and_leaves_no_html(tmp_path: Path) -> None:
+    checkout = _copy_checkout(tmp_path / "checkout")
+    (checkout / "book" / "profiles.yml").write_text("smoke:\n  budget:\n    epochs: 0\n")
+    build = tmp_path / "build"
+    proc = run_dpnb("book", "--profile", "smoke", "--build-dir", str(build), cwd=checkout)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("dpnb book: error: chapter nbs/budget failed in cell")
+    assert "ParameterError: epochs must be > 0, got 0" in err
+    assert not (build / "html").exists()
+    assert not (build / "executed" / "budget.ipynb").exists()
+    assert not (build / "results" / "budget.csv").exists()
+    assert (build / "failed" / "budget.ipynb").exists()
+    assert not [p for p in build.iterdir() if p.name.startswith("dpnb-")], "scratch folders left behind"
+
+
+def test_bad_profile_and_chapter_names() -> None:
+    proc = run_dpnb("book", "--only", "nope", "--no-html")
+    assert proc.returncode == 2 and "--only must be one of budget" in proc.stderr
+    proc = run_dpnb("book", "--profile", "fast")
+    assert proc.returncode == 2 and "invalid choice: 'fast'" in proc.stderr
+
+
+def test_html_pages_exist(smoke_build: Path) -> None:
+    html = smoke_build / "html"
+    assert (html / "index.html").is_file()
+    for entry in book.toc_entries(ROOT):
+        assert (html / f"{entry}.html").is_file(), entry
+    assert (html / "mathjax" / "tex-chtml.js").is_file()
+    page = (html / "nbs" / "budget.html").read_text()
+    assert "mathjax/tex-chtml.js" in page and "cdn.jsdelivr.net/npm/mathjax" not in page
+    assert "mybinder.org/v2/gh/" in page and "nbs/budget.ipynb" in page  # Binder launch button
+
+
+def _require_chromium() -> None:
+    from browser import CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"Chromium not found at {CHROMIUM}; `make test` installs it")
+        pytest.skip("Chromium is not installed (make test installs it: apt-get install chromium)")
+
+
+def test_pages_render_in_chromium(smoke_build: Path, tmp_path: Path) -> None:
+    _require_chromium()
+    from browser import inspect_pages, serve, unexpected_errors
+
+    html = smoke_build / "html"
+    pages = ["index"] + book.toc_entries(ROOT)
+    with serve(html) as base:
+        reports = inspect_pages([f"{base}/{p}.html" for p in pages], screenshot_dir=tmp_path)
+    for page, r in zip(pages, reports):
+        assert r.title and r.h1, page
+        assert r.h1.strip().rstrip("#") in r.title, page
+        assert not r.broken_images, (page, r.broken_images)
+        assert r.math_nodes == r.math_rendered and r.math_errors == 0, (page, r)
+        assert not unexpected_errors(r), (page, r.console_errors)
+        assert not r.failed_requests, (page, r.failed_requests)
+    by_page = dict(zip(pages, reports))
+    for ch in book.chapters(ROOT):
+        r = by_page[ch.toc_file]
+        assert r.images >= 3, "chapter figures missing"
+        assert r.math_rendered > 20, "chapter math not rendered"
+
+
+def test_chapter_opens_from_disk(smoke_build: Path) -> None:
+    _require_chromium()
+    from browser import inspect_pages, unexpected_errors
+
+    (r,) = inspect_pages([(smoke_build / "html" / "nbs" / "budget.html").as_uri()])
+    assert r.images >= 3 and not r.broken_images
+    assert r.math_rendered == r.math_nodes > 20
+    assert not unexpected_errors(r)
