@@ -139,7 +139,7 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
     results = build / "results" / f"{chapter.name}.csv"
     if not force and executed.is_file() and key_file.is_file() and key_file.read_text() == key:
         return "cached"
-    for d in ("executed", "results", "failed"):
+    for d in ("executed", "results"):
         (build / d).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"dpnb-{chapter.name}-", dir=build))
     out = scratch / f"{chapter.name}.ipynb"
@@ -153,6 +153,7 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
                             kernel_name="python3", progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
         failed = build / "failed" / f"{chapter.name}.ipynb"
+        failed.parent.mkdir(exist_ok=True)
         shutil.move(str(out), failed)
         first = next((line for line in e.source.splitlines() if line.strip()), "")
         raise ChapterFailed(

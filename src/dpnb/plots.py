@@ -37,14 +37,14 @@ def gaussian_privacy_profile(df: pd.DataFrame) -> Figure:
 
 def rdp_curves(df: pd.DataFrame) -> Figure:
     """RDP ε(α) of one sampled-Gaussian step against the order α, one line per sampling rate."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     sns.lineplot(data=df, x="order", y="rdp", hue="sample_rate", style="order_type",
                  markers=True, dashes=False, palette="rocket", ax=ax, markersize=4)
     sigma = df["noise_multiplier"].iloc[0]
     ax.set(xscale="log", yscale="log", xlabel="Rényi order α (log scale)",
            ylabel="RDP ε(α) of one step (log scale)",
            title=f"Sampled Gaussian mechanism, σ = {sigma:g}")
-    ax.legend(title="sample rate q / order", fontsize=8)
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     return fig
 
