@@ -273,27 +273,17 @@ assert worst < 1e-6, "dpnb.privacy disagrees with Opacus's RDPAccountant"
 # orders, reads differently today:
 
 # %%
-reference = []
-for label, accountant, fn in [
-    ("RDP, Mironov 2017 conversion (older tools)", "rdp-mironov",
-     lambda: privacy.rdp_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                 steps=steps, delta=delta, conversion="mironov")),
-    ("RDP, Balle et al. 2020 conversion (Opacus RDPAccountant today)", "rdp",
-     lambda: privacy.rdp_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                 steps=steps, delta=delta, conversion="balle")),
-    ("PRV accountant (Gopi et al. 2021, via Opacus)", "prv",
-     lambda: (privacy.prv_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                  steps=steps, delta=delta), float("nan"))),
-]:
-    t0 = time.perf_counter()
-    eps, order = fn()
-    seconds = time.perf_counter() - t0
-    reference.append({"accounting": label, "epsilon": eps, "optimal order": order, "seconds": seconds})
-    results.add(experiment="reference run", dataset=f"N={dataset_size}", model="DP-SGD",
-                dp=True, epsilon=eps, delta=delta, accountant=f"{accountant} (Poisson sampling)",
-                metric="epsilon", value=eps, seconds=seconds)
-reference_df = pd.DataFrame(reference)
-display(reference_df.style.format({"epsilon": "{:.3f}", "optimal order": "{:g}", "seconds": "{:.2f}"}))
+reference_df = accountants.compare_accountants(
+    noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
+)
+display(reference_df.drop(columns="accountant").style.format(
+    {"epsilon": "{:.3f}", "optimal_order": "{:g}", "seconds": "{:.2f}"}, na_rep="(not RDP)"))
+
+# %%
+for row in reference_df.itertuples():
+    results.add(experiment="reference run", dataset=f"N={dataset_size}", model="DP-SGD", dp=True,
+                epsilon=row.epsilon, delta=delta, accountant=f"{row.accountant} (Poisson sampling)",
+                metric="epsilon", value=row.epsilon, seconds=row.seconds)
 
 # %%
 eps_old, eps_rdp, eps_prv = reference_df["epsilon"]

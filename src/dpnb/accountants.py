@@ -52,3 +52,25 @@ def crosscheck(*, noise_multipliers: Sequence[float], sample_rates: Sequence[flo
                          rel_diff=abs(ours - theirs) / theirs, eps_prv_opacus=prv,
                          prv_saving=1 - prv / theirs, seconds_dpnb=t1 - t0, seconds_opacus=t2 - t1))
     return pd.DataFrame(rows)
+
+
+def compare_accountants(*, noise_multiplier: float, sample_rate: float, steps: int,
+                        delta: float) -> pd.DataFrame:
+    """ε of one run under the old RDP conversion, today's RDP conversion and PRV, with timings.
+
+    Columns: ``accounting`` (a label for tables), ``accountant`` (short name for the results
+    CSV), ``epsilon``, ``optimal_order`` (RDP only) and ``seconds``.
+    """
+    kw = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+    rows = []
+    for label, name in [("RDP, Mironov 2017 conversion (older tools)", "rdp-mironov"),
+                        ("RDP, Balle et al. 2020 conversion (Opacus RDPAccountant today)", "rdp"),
+                        ("PRV accountant (Gopi et al. 2021, via Opacus)", "prv")]:
+        t0 = time.perf_counter()
+        if name == "prv":
+            eps, order = privacy.prv_epsilon(**kw), None
+        else:
+            eps, order = privacy.rdp_epsilon(**kw, conversion="mironov" if name == "rdp-mironov" else "balle")
+        rows.append(dict(accounting=label, accountant=name, epsilon=eps, optimal_order=order,
+                         seconds=time.perf_counter() - t0))
+    return pd.DataFrame(rows)
