@@ -1,0 +1,173 @@
+"""The book's datasets, found under ``$DPNB_DATA`` or fetched by torchvision.
+
+All datasets load through torchvision's own classes rooted at :func:`data_root`:
+
+* ``mnist``, ``fashion-mnist``: the idx files (``.gz`` are extracted, no network needed);
+* ``cifar10``: the official python batches (what ``CIFAR10(download=True)`` fetches) **or** an
+  image folder ``cifar10/{train,test}/<class>/*`` (as in ``../shared/data``); either way the
+  labels follow CIFAR-10's class order and the split is the official one;
+* ``flowers102``: the official splits ``train``/``val``/``test`` (1020/1020/6149 images) and a
+  larger-training split, ``large-train`` (the 6149-image official test split) with
+  ``large-test`` (official train + val, 2040 images): 10 images per class starve DP-SGD.
+
+When files are missing and cannot be downloaded, :class:`DataUnavailable` says which dataset,
+which folder was searched and how to provide it.
+
+Example::
+
+    >>> from dpnb.data import NUM_CLASSES, check_batch_size
+    >>> NUM_CLASSES["flowers102"]
+    102
+    >>> check_batch_size(256, dataset_size=60_000)
+    256
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
+
+from dpnb.params import ParameterError, check_choice, check_int
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "flowers102")
+SPLITS = {
+    "mnist": ("train", "test"),
+    "fashion-mnist": ("train", "test"),
+    "cifar10": ("train", "test"),
+    "flowers102": ("train", "val", "test", "large-train", "large-test"),
+}
+NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "flowers102": 102}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck")
+#: Per-channel (mean, std) of each training set, for ``transforms.Normalize``.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "flowers102": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet statistics
+}
+_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "cifar10 or cifar-10-batches-py",
+            "flowers102": "flowers-102"}
+
+
+class DataUnavailable(RuntimeError):
+    """A dataset is neither on disk nor downloadable; the message says how to provide it."""
+
+
+def data_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """``root`` if given, else ``$DPNB_DATA``, else ``data/`` in the checkout (or the working folder)."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get("DPNB_DATA"):
+        return Path(os.environ["DPNB_DATA"])
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").is_file() and (d / "src" / "dpnb").is_dir():
+            return d / "data"
+    return here / "data"
+
+
+def _unavailable(name: str, root: Path, err: BaseException) -> DataUnavailable:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DataUnavailable(
+        f"{name}: not found under {root} (looked for {_FOLDERS[name]}; torchvision said: {first}). "
+        f"Set DPNB_DATA to a folder that holds {_FOLDERS[name]} (the layout torchvision uses), "
+        "or run once on a machine with internet access."
+    )
+
+
+def load_dataset(name: str, *, split: str = "train", root: str | os.PathLike[str] | None = None,
+                 transform: Callable[[Any], Any] | None = None, download: bool = True) -> Dataset:
+    """One split of a dataset as a torchvision dataset (PIL images unless ``transform`` says otherwise)."""
+    from torchvision import datasets
+
+    name = check_choice("dataset", name, DATASETS)
+    split = check_choice("split", split, SPLITS[name])
+    base = data_root(root)
+    try:
+        if name in ("mnist", "fashion-mnist"):
+            cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+            return cls(str(base), train=split == "train", transform=transform, download=download)
+        if name == "cifar10":
+            return _cifar10(base, split, transform, download)
+        if split == "large-train":
+            return datasets.Flowers102(str(base), split="test", transform=transform, download=download)
+        if split == "large-test":
+            return ConcatDataset([datasets.Flowers102(str(base), split=s, transform=transform,
+                                                      download=download) for s in ("train", "val")])
+        return datasets.Flowers102(str(base), split=split, transform=transform, download=download)
+    except DataUnavailable:
+        raise
+    except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found", URLError, ...
+        raise _unavailable(name, base, e) from None
+
+
+def _cifar10(base: Path, split: str, transform: Callable[[Any], Any] | None, download: bool) -> Dataset:
+    from torchvision import datasets
+
+    folder = base / "cifar10" / split
+    if folder.is_dir():
+        ds = datasets.ImageFolder(str(folder), transform=transform)
+        if tuple(ds.classes) != CIFAR10_CLASSES:
+            raise DataUnavailable(f"cifar10: {folder} has classes {ds.classes}, expected {list(CIFAR10_CLASSES)}")
+        return ds
+    return datasets.CIFAR10(str(base), train=split == "train", transform=transform, download=download)
+
+
+def targets(ds: Dataset) -> torch.Tensor:
+    """Labels of a dataset from :func:`load_dataset` (or a subset of one), without decoding images."""
+    if isinstance(ds, Subset):
+        return targets(ds.dataset)[torch.as_tensor(ds.indices)]
+    if isinstance(ds, ConcatDataset):
+        return torch.cat([targets(d) for d in ds.datasets])
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1]
+    for attr in ("targets", "_labels"):
+        if hasattr(ds, attr):
+            return torch.as_tensor(getattr(ds, attr))
+    raise TypeError(f"cannot read the labels of {type(ds).__name__}")
+
+
+def mnist_tensors(name: str = "mnist", *, split: str = "train", root: str | os.PathLike[str] | None = None,
+                  limit: int | None = None, seed: int = 0) -> TensorDataset:
+    """MNIST or Fashion-MNIST as normalised float tensors (N, 1, 28, 28), optionally a seeded subset.
+
+    Holding the 60,000 images as one tensor (188 MB) avoids decoding PIL images in every epoch.
+    """
+    name = check_choice("dataset", name, ("mnist", "fashion-mnist"))
+    ds = load_dataset(name, split=split, root=root)
+    x = ds.data.float().div_(255).unsqueeze(1)
+    mean, std = NORMALIZATION[name]
+    x = (x - mean[0]) / std[0]
+    y = ds.targets.clone()
+    if limit is not None:
+        idx = seeded_indices(len(y), check_int("limit", limit, low=1, high=len(y)), seed=seed)
+        x, y = x[idx], y[idx]
+    return TensorDataset(x, y)
+
+
+def seeded_indices(n: int, k: int, *, seed: int) -> torch.Tensor:
+    """``k`` of ``range(n)`` chosen uniformly without replacement, reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:k]
+
+
+def subset(ds: Dataset, k: int, *, seed: int = 0) -> Subset:
+    """A seeded random subset of ``k`` examples."""
+    n = len(ds)  # type: ignore[arg-type]
+    return Subset(ds, seeded_indices(n, check_int("subset size", k, low=1, high=n), seed=seed).tolist())
+
+
+def check_batch_size(batch_size: Any, *, dataset_size: int) -> int:
+    """A batch size must be a whole number in [1, dataset_size]."""
+    return check_int("batch_size", batch_size, low=1, high=dataset_size)
+
+
+__all__ = ["DATASETS", "SPLITS", "NUM_CLASSES", "CIFAR10_CLASSES", "NORMALIZATION", "DataUnavailable",
+           "data_root", "load_dataset", "targets", "mnist_tensors", "seeded_indices", "subset",
+           "check_batch_size", "ParameterError"]
