@@ -125,11 +125,42 @@ def privacy_main(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_main(a: argparse.Namespace) -> int:
+    from dpnb.cost import measure_grid
+    from dpnb.train import select_device
+
+    for b in a.batch_sizes:
+        check_int("--batch-sizes", b, low=1, high=60_000)
+    if a.limit is not None:
+        check_int("--limit", a.limit, low=max(a.batch_sizes), high=60_000)
+    if a.max_batches is not None:
+        check_int("--max-batches", a.max_batches, low=1)
+    select_device(a.device)  # a clear error for cuda without CUDA
+    df = measure_grid(methods=a.methods, batch_sizes=a.batch_sizes, limit=a.limit,
+                      max_batches=a.max_batches, device=a.device)
+    cols = ["method", "batch_size", "device", "samples_per_second", "seconds_per_epoch",
+            "slowdown_vs_non_private", "peak_memory_mb"] + (["peak_increase_mb"] if "peak_increase_mb" in df else [])
+    print(f"MNIST CNN (dpnb.models.mnist_cnn), {df['examples'].iloc[0]} examples per run; memory: "
+          f"{df['memory_kind'].iloc[0]}")
+    print(df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if a.csv:
+        df.to_csv(a.csv, index=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dpnb", description="Helpers of the dpnb book on differentially private deep learning.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     pp = sub.add_parser("privacy", help="epsilon of DP-SGD (RDP and PRV accountants), or sigma for a target epsilon")
     _privacy_args(pp)
+    pc = sub.add_parser("bench", help="time per epoch and peak memory: non-private vs DP-SGD (MNIST CNN)")
+    pc.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024], metavar="B")
+    pc.add_argument("--methods", nargs="+", default=["non-private", "hooks", "functorch", "ghost"],
+                    choices=["non-private", "hooks", "functorch", "ghost"], metavar="METHOD")
+    pc.add_argument("--limit", type=int, default=None, help="train on a seeded subset of this size")
+    pc.add_argument("--max-batches", type=int, default=None, help="time only this many steps per run")
+    pc.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pc.add_argument("--csv", default=None, help="also write the table to this CSV file")
     pb = sub.add_parser("book", help="execute the chapters (papermill) and build the HTML book")
     from dpnb.book import add_arguments
 
@@ -144,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if a.command == "privacy":
             return privacy_main(a)
+        if a.command == "bench":
+            return bench_main(a)
         from dpnb.book import main as book_main
 
         return book_main(a)

@@ -75,3 +75,59 @@ def epsilon_vs_epochs(df: pd.DataFrame, *, delta: float, accountant: str) -> Fig
     g.legend.set_title("noise multiplier σ")
     g.figure.suptitle(f"Privacy spent by DP-SGD (δ = {delta:g}, {accountant})", y=1.03)
     return g.figure
+
+
+def privacy_utility(df: pd.DataFrame, *, published: pd.DataFrame | None = None,
+                    baseline: float | None = None, delta: float, accountant: str) -> Figure:
+    """Test accuracy against ε (log scale), with published results and the non-private baseline."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=df, x="epsilon", y="test_accuracy", marker="o", label="this book", ax=ax)
+    if published is not None and len(published):
+        sns.scatterplot(data=published, x="epsilon", y="test_accuracy", hue="source", style="source",
+                        s=60, ax=ax)
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls="--", lw=1, label=f"non-private ({baseline:.1%})")
+    ax.set(xscale="log", xlabel="ε (log scale)", ylabel="test accuracy",
+           title=f"MNIST: privacy vs utility (δ = {delta:g}, {accountant})")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def sweep(df: pd.DataFrame, *, x: str, hue: str, epsilon: float, delta: float, xlabel: str) -> Figure:
+    """Test accuracy against one hyper-parameter (log x), one line per value of another, at fixed ε."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=df, x=x, y="test_accuracy", hue=hue, marker="o", palette="viridis", ax=ax)
+    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy",
+           title=f"Effect of {xlabel.split(' (')[0]} at ε = {epsilon:g} (δ = {delta:g})")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    fig.tight_layout()
+    return fig
+
+
+def cost_of_privacy(df: pd.DataFrame) -> Figure:
+    """Seconds per epoch and peak memory against batch size, one line per gradient method."""
+    mem = "peak_increase_mb" if "peak_increase_mb" in df else "peak_memory_mb"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    sns.lineplot(data=df, x="batch_size", y="seconds_per_epoch", hue="method", marker="o", ax=axes[0])
+    sns.lineplot(data=df, x="batch_size", y=mem, hue="method", marker="o", ax=axes[1], legend=False)
+    device = df["device"].iloc[0]
+    axes[0].set(xscale="log", xlabel="batch size (log scale)", ylabel="seconds per epoch",
+                title=f"Time per epoch ({device})")
+    label = ("peak memory increase during training (MB)" if mem == "peak_increase_mb"
+             else "peak memory (MB)")
+    axes[1].set(xscale="log", xlabel="batch size (log scale)", ylabel=label,
+                title=f"Memory ({df['memory_kind'].iloc[0]})")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(df: pd.DataFrame) -> Figure:
+    """Test accuracy against epoch, one line per run (``run`` column)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=df, x="epoch", y="test_accuracy", hue="run", marker="o", ax=ax)
+    ax.set(xlabel="epoch", ylabel="test accuracy", title="MNIST test accuracy during training")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    fig.tight_layout()
+    return fig

@@ -43,9 +43,10 @@ class Results:
     def add(self, *, experiment: str, dataset: str, model: str, dp: bool, epsilon: float | None,
             delta: float | None, accountant: str, metric: str, value: float,
             seconds: float) -> None:
-        """Record one number. Non-private rows pass ``epsilon=None, delta=None, accountant=""``."""
-        if dp and (epsilon is None or delta is None or not accountant):
-            raise ValueError("a DP result needs its epsilon, delta and accountant")
+        """Record one number. An ε always comes with its δ and accountant; rows that report no
+        ε (non-private runs, cost measurements) pass ``epsilon=None, delta=None, accountant=""``."""
+        if epsilon is not None and (delta is None or not accountant):
+            raise ValueError("an epsilon needs its delta and accountant")
         self.rows.append(dict(chapter=self.chapter, experiment=experiment, dataset=dataset,
                               model=model, dp=dp, epsilon=epsilon, delta=delta,
                               accountant=accountant, metric=metric, value=value,

@@ -1,0 +1,152 @@
+"""The cost of privacy: time per epoch and peak memory of DP-SGD against non-private SGD.
+
+DP-SGD needs each example's gradient before clipping. Opacus gets them three ways:
+``hooks`` (per-layer hooks materialise per-sample gradients, Yousefpour et al. 2021),
+``functorch`` (``vmap`` over ``grad``) and ``ghost`` clipping (Li et al. 2022, "Large
+language models can be strong differentially private learners"; Bu et al. 2023), which
+computes per-sample gradient *norms* without materialising the gradients and pays a second
+backward pass instead. :func:`measure` times training steps of one method in a fresh
+process, so that the peak memory of each run is its own:
+
+* on CUDA, ``torch.cuda.max_memory_allocated``;
+* on CPU, the process's peak resident set size (``ru_maxrss``), reported both in total and as
+  the increase over the resident size just before training (after data and model are loaded).
+
+Example (a few batches of a small subset; ``dpnb bench`` runs the full table)::
+
+    >>> from dpnb.cost import measure
+    >>> row = measure(method="hooks", batch_size=64, limit=256, max_batches=2)
+    >>> row["method"], row["batch_size"], row["samples_per_second"] > 0
+    ('hooks', 64, True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+METHODS = ("non-private", "hooks", "functorch", "ghost")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batches: int | None,
+                  device: str, seed: int) -> dict[str, Any]:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from dpnb import data, models
+    from dpnb.train import TrainConfig, make_private, select_device
+
+    torch.manual_seed(seed)
+    dev = select_device(device)
+    train_set = data.mnist_tensors("mnist", split="train", limit=limit, seed=seed)
+    model = models.mnist_cnn().to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    criterion: Any = nn.CrossEntropyLoss()
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    if method != "non-private":
+        cfg = TrainConfig(epochs=1, batch_size=batch_size, noise_multiplier=1.0, max_grad_norm=1.0,
+                          grad_sample_mode=method)
+        _, model, optimizer, criterion, loader, _ = make_private(model, optimizer, criterion, loader, cfg)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    rss_before = _rss_mb()
+    seen, batches = 0, 0
+    t0 = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(dev), y.to(dev)
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(x), y).backward()
+        optimizer.step()
+        seen += len(y)
+        batches += 1
+        if max_batches is not None and batches >= max_batches:
+            break
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - t0
+    row: dict[str, Any] = dict(method=method, batch_size=batch_size, device=dev.type, examples=seen,
+                               batches=batches, seconds=seconds, samples_per_second=seen / seconds,
+                               seconds_per_epoch=len(train_set) / (seen / seconds),
+                               dataset_size=len(train_set))
+    if dev.type == "cuda":
+        row["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        row["memory_kind"] = "cuda max_memory_allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        row["peak_memory_mb"] = peak
+        row["peak_increase_mb"] = max(peak - rss_before, 0.0)
+        row["memory_kind"] = "cpu peak RSS"
+    return row
+
+
+def measure(*, method: str, batch_size: int, limit: int | None = None, max_batches: int | None = None,
+            device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Time ``max_batches`` steps (default: one epoch) of the MNIST CNN in a fresh process."""
+    from dpnb.params import check_choice, check_int
+
+    check_choice("method", method, METHODS)
+    check_int("batch_size", batch_size, low=1)
+    cmd = [sys.executable, "-m", "dpnb.cost", "--method", method, "--batch-size", str(batch_size),
+           "--device", device, "--seed", str(seed)]
+    if limit is not None:
+        cmd += ["--limit", str(limit)]
+    if max_batches is not None:
+        cmd += ["--max-batches", str(max_batches)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cost measurement failed ({method}, batch {batch_size}): "
+                           + (proc.stderr.strip().splitlines() or ["no output"])[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_grid(*, methods: Sequence[str] = METHODS, batch_sizes: Sequence[int] = (256, 1024),
+                 limit: int | None = None, max_batches: int | None = None, device: str = "auto",
+                 progress: bool = True) -> pd.DataFrame:
+    """:func:`measure` for every (method, batch size); adds each method's slowdown over non-private."""
+    from tqdm.auto import tqdm
+
+    grid = [(m, b) for b in batch_sizes for m in methods]
+    rows = [measure(method=m, batch_size=b, limit=limit, max_batches=max_batches, device=device)
+            for m, b in tqdm(grid, desc="cost of privacy", disable=not progress)]
+    df = pd.DataFrame(rows)
+    base = df[df["method"] == "non-private"].set_index("batch_size")["seconds_per_epoch"]
+    df["slowdown_vs_non_private"] = df["seconds_per_epoch"] / df["batch_size"].map(base)
+    return df
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dpnb.cost")
+    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--max-batches", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    row = _measure_here(method=a.method, batch_size=a.batch_size, limit=a.limit, max_batches=a.max_batches,
+                        device=a.device, seed=a.seed)
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""One training loop for private and non-private models.
+
+``train(model, train_set, test_set, TrainConfig(dp=...))`` runs the same code with and without
+differential privacy. With ``dp=True`` it wraps model, optimizer and data with Opacus's
+``PrivacyEngine`` (Abadi et al. 2016's DP-SGD): **Poisson sampling** of each logical batch
+(the sampling the accountants assume), per-example gradients (``hooks``, ``functorch`` or
+``ghost`` clipping), clipping to ``max_grad_norm``, Gaussian noise of std
+``noise_multiplier * max_grad_norm``, and logical batches larger than memory through
+``BatchMemoryManager``. Either give ``noise_multiplier`` or a ``target_epsilon``: then σ is
+calibrated (:func:`dpnb.privacy.calibrate_noise_multiplier`) for the planned number of steps.
+
+Every epoch adds a row to a tidy history: loss, running train accuracy, test accuracy, ε under
+the PRV and RDP accountants (computed by :mod:`dpnb.privacy` from the sample rate, σ and the
+steps Opacus's own accountant recorded) and seconds.
+
+Example::
+
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> from dpnb.train import TrainConfig, train
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(512, 4, generator=g); y = (x[:, 0] > 0).long()
+    >>> ds = TensorDataset(x, y)
+    >>> run = train(torch.nn.Linear(4, 2), ds, ds, TrainConfig(epochs=2, batch_size=64, lr=0.5,
+    ...             noise_multiplier=1.0, max_grad_norm=1.0), progress=False)
+    >>> run.history[["epoch", "steps"]].values.tolist()
+    [[1, 8], [2, 16]]
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dpnb import privacy
+from dpnb.params import ParameterError, check_choice, check_int, check_number
+
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one run; names follow Opacus and the DP-SGD literature."""
+
+    epochs: int = 1
+    batch_size: int = 256  # logical (expected, under Poisson sampling) batch size
+    lr: float = 0.1
+    momentum: float = 0.0
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    dp: bool = True
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "prv"  # the accountant that target_epsilon is calibrated with
+    grad_sample_mode: str = "hooks"
+    max_physical_batch_size: int | None = None  # None: the whole logical batch at once
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 1024
+
+    def validated(self, dataset_size: int) -> "TrainConfig":
+        """Check every field; raise :class:`ParameterError` naming the first bad one."""
+        check_int("epochs", self.epochs, low=1)
+        check_int("batch_size", self.batch_size, low=1, high=dataset_size)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("momentum", self.momentum, low=0, high=1, high_open=True)
+        check_choice("optimizer", self.optimizer, ("sgd", "adam"))
+        check_choice("dp", self.dp, (True, False))
+        check_number("max_grad_norm", self.max_grad_norm, low=0, low_open=True)
+        check_number("delta", self.delta, low=0, high=1, low_open=True, high_open=True)
+        check_choice("accountant", self.accountant, privacy.ACCOUNTANTS)
+        check_choice("grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        check_choice("device", self.device, DEVICES)
+        check_int("seed", self.seed, low=0)
+        check_int("eval_batch_size", self.eval_batch_size, low=1)
+        if self.max_physical_batch_size is not None:
+            check_int("max_physical_batch_size", self.max_physical_batch_size, low=1)
+        if self.dp:
+            if (self.noise_multiplier is None) == (self.target_epsilon is None):
+                raise ParameterError("with dp=True give exactly one of noise_multiplier and target_epsilon")
+            if self.noise_multiplier is not None:
+                check_number("noise_multiplier", self.noise_multiplier, low=0, low_open=True)
+            else:
+                check_number("target_epsilon", self.target_epsilon, low=0, low_open=True)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ParameterError("device must be 'auto' or 'cpu' on this machine: CUDA is not available")
+        return self
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: pd.DataFrame
+    config: TrainConfig
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    steps: int = 0
+    epsilon: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(self.history["test_accuracy"].iloc[-1])
+
+    def summary(self) -> dict[str, Any]:
+        """One row: the final accuracy, ε (PRV and RDP), σ, q, steps and seconds of this run."""
+        c = self.config
+        return dict(dp=c.dp, epochs=c.epochs, batch_size=c.batch_size, max_grad_norm=c.max_grad_norm if c.dp else None,
+                    lr=c.lr, target_epsilon=c.target_epsilon, noise_multiplier=self.noise_multiplier,
+                    sample_rate=self.sample_rate, steps=self.steps, delta=c.delta if c.dp else None,
+                    epsilon=self.epsilon.get(c.accountant), epsilon_prv=self.epsilon.get("prv"),
+                    epsilon_rdp=self.epsilon.get("rdp"), test_accuracy=self.test_accuracy,
+                    seconds=self.seconds)
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """``cuda`` when asked for or (``auto``) available, else ``cpu``."""
+    device = check_choice("device", device, DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("device must be 'auto' or 'cpu' on this machine: CUDA is not available")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def dp_problems(model: nn.Module) -> list[str]:
+    """What stops Opacus from training ``model`` privately (e.g. BatchNorm mixes examples)."""
+    from opacus.validators import ModuleValidator
+
+    return [str(e).splitlines()[0] for e in ModuleValidator.validate(model, strict=False)]
+
+
+def make_dp_compatible(model: nn.Module) -> nn.Module:
+    """Replace BatchNorm by GroupNorm (Opacus's fixer) and in-place activations by copies."""
+    from opacus.validators import ModuleValidator
+
+    model = ModuleValidator.fix(model)
+    for m in model.modules():
+        if hasattr(m, "inplace") and isinstance(m.inplace, bool):
+            m.inplace = False
+    return model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_module", model)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Save the (unwrapped) model's ``state_dict``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(_unwrap(model).state_dict(), tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``: no code runs)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _unwrap(model).load_state_dict(state)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
+             device: torch.device | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on ``dataset``."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train()
+    return loss / n, correct / n
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: Any, loader: DataLoader,
+                 config: TrainConfig, *, generator: torch.Generator | None = None) -> tuple[Any, ...]:
+    """Wrap for DP-SGD with Opacus; returns (engine, model, optimizer, criterion, loader, sigma).
+
+    The loader becomes a Poisson-sampling ``DPDataLoader`` with sample rate ``1 / len(loader)``;
+    σ is ``config.noise_multiplier`` or calibrated to ``config.target_epsilon`` for
+    ``config.epochs * len(loader)`` steps with ``config.accountant``.
+    """
+    from opacus import PrivacyEngine
+
+    sample_rate = 1 / len(loader)  # what Opacus's DPDataLoader uses
+    if config.noise_multiplier is not None:
+        sigma = float(config.noise_multiplier)
+    else:
+        sigma = privacy.calibrate_noise_multiplier(
+            target_epsilon=float(config.target_epsilon),  # type: ignore[arg-type]
+            sample_rate=sample_rate, steps=config.epochs * len(loader), delta=config.delta,
+            accountant=config.accountant)  # type: ignore[arg-type]
+    engine = PrivacyEngine(accountant="prv")
+    kw = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+              max_grad_norm=config.max_grad_norm, poisson_sampling=True,
+              grad_sample_mode=config.grad_sample_mode, noise_generator=generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Secure RNG turned off": fine for research code
+        if config.grad_sample_mode == "ghost":
+            model, optimizer, criterion, loader = engine.make_private(**kw, criterion=criterion)
+        else:
+            model, optimizer, loader = engine.make_private(**kw)
+    return engine, model, optimizer, criterion, loader, sigma
+
+
+def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config: TrainConfig, *,
+          progress: bool = True, epoch_callback: Any = None) -> TrainResult:
+    """Train ``model`` on ``train_set`` with or without DP; evaluate on ``test_set`` every epoch."""
+    from tqdm.auto import tqdm
+
+    n = len(train_set)  # type: ignore[arg-type]
+    config = config.validated(n)
+    if config.dp and (problems := dp_problems(model)):
+        raise ParameterError("model is not DP-compatible: " + "; ".join(problems)
+                             + " (use dpnb.train.make_dp_compatible, which swaps BatchNorm for GroupNorm)")
+    torch.manual_seed(config.seed)
+    device = select_device(config.device)
+    model = model.to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    else:
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+    criterion: Any = nn.CrossEntropyLoss()
+    engine, sigma, sample_rate = None, None, None
+    if config.dp:
+        engine, model, optimizer, criterion, loader, sigma = make_private(
+            model, optimizer, criterion, loader, config, generator=generator)
+        sample_rate = 1 / len(loader)
+
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    steps = 0
+    epochs = tqdm(range(1, config.epochs + 1), desc="epochs", disable=not progress)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        model.train()
+        tot_loss, correct, seen = 0.0, 0, 0
+        if engine is not None and config.max_physical_batch_size:
+            from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+            ctx: Any = BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.max_physical_batch_size,
+                                          optimizer=optimizer)
+        else:
+            ctx = _NullContext(loader)
+        with ctx as batches, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for x, y in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
+                # Poisson sampling can draw an empty batch: it is still a step of the
+                # mechanism (Opacus adds noise and the accountant counts it), so no skipping.
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                out = model(x)
+                loss = criterion(out, y)
+                loss.backward()
+                optimizer.step()
+                if len(y):
+                    tot_loss += float(loss.detach()) * len(y)
+                    correct += int((out.argmax(1) == y).sum())
+                    seen += len(y)
+        if engine is not None:
+            steps = sum(h[2] for h in engine.accountant.history)
+        else:
+            steps += len(loader)
+        row: dict[str, Any] = dict(epoch=epoch, steps=steps, loss=tot_loss / max(seen, 1),
+                                   train_accuracy=correct / max(seen, 1))
+        if test_set is not None:
+            row["test_loss"], row["test_accuracy"] = evaluate(model, test_set, batch_size=config.eval_batch_size,
+                                                              device=device)
+        if engine is not None:
+            row.update(_epsilons(engine, config.delta))
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        epochs.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("loss", "test_accuracy", "epsilon_prv")})
+        if epoch_callback is not None:
+            epoch_callback(row)
+    history = pd.DataFrame(rows)
+    history["dp"] = config.dp
+    history["noise_multiplier"] = sigma
+    history["sample_rate"] = sample_rate
+    history["delta"] = config.delta if config.dp else None
+    eps = {k.removeprefix("epsilon_"): float(rows[-1][k]) for k in rows[-1] if k.startswith("epsilon_")}
+    return TrainResult(model=model, history=history, config=config, noise_multiplier=sigma,
+                       sample_rate=sample_rate, steps=steps, epsilon=eps, seconds=time.perf_counter() - t_start)
+
+
+def _epsilons(engine: Any, delta: float) -> dict[str, float]:
+    """ε after the steps Opacus's accountant recorded, by dpnb.privacy (PRV and RDP)."""
+    (sigma, q, steps), *rest = engine.accountant.history
+    if rest:  # one (sigma, q) per run here; merge defensively
+        steps = sum(h[2] for h in engine.accountant.history)
+    return {"epsilon_prv": privacy.prv_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta),
+            "epsilon_rdp": privacy.rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)[0]}
+
+
+class _NullContext:
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __enter__(self) -> DataLoader:
+        return self.loader
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
