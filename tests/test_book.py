@@ -134,8 +134,9 @@ def test_pages_render_in_chromium(smoke_build: Path, tmp_path: Path) -> None:
     by_page = dict(zip(pages, reports))
     for ch in book.chapters(ROOT):
         r = by_page[ch.toc_file]
-        assert r.images >= 3, "chapter figures missing"
-        assert r.math_rendered > 20, "chapter math not rendered"
+        assert r.images >= 3, f"{ch.name}: chapter figures missing"
+        assert r.math_rendered > 0, f"{ch.name}: chapter math not rendered"
+    assert by_page["nbs/budget"].math_rendered > 20
 
 
 def test_chapter_opens_from_disk(smoke_build: Path) -> None:
@@ -146,3 +147,15 @@ def test_chapter_opens_from_disk(smoke_build: Path) -> None:
     assert r.images >= 3 and not r.broken_images
     assert r.math_rendered == r.math_nodes > 20
     assert not unexpected_errors(r)
+
+
+def test_bad_notebook_parameter_fails_in_the_first_cells(tmp_path: Path) -> None:
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(ROOT / "nbs" / "mnist.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"batch_size": 0}, kernel_name="python3", progress_bar=False,
+                            cwd=str(ROOT))
+    assert e.value.ename == "ParameterError"
+    assert "batch_size must be an integer in [1, 60000], got 0" in e.value.evalue
+    assert e.value.cell_index <= 4  # the validation cell, right after the parameters

@@ -105,3 +105,39 @@ def test_more_bad_input(args: list[str], message: str) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+DATA = pytest.mark.skipif(not __import__("os").environ.get("DPNB_DATA"),
+                          reason="needs MNIST under DPNB_DATA (CI sets it to ../shared/data)")
+
+
+@DATA
+def test_bench_prints_a_table(tmp_path) -> None:
+    out = tmp_path / "bench.csv"
+    proc = run_dpnb("bench", "--batch-sizes", "64", "--methods", "non-private", "ghost", "--limit", "256",
+                    "--max-batches", "2", "--csv", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("MNIST CNN") and "slowdown_vs_non_private" in lines[1]
+    assert any(line.split()[0] == "ghost" for line in lines[2:])
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert set(df["method"]) == {"non-private", "ghost"}
+    assert (df["samples_per_second"] > 0).all() and (df["peak_memory_mb"] > 0).all()
+    assert df.loc[df["method"] == "non-private", "slowdown_vs_non_private"].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "0"], "--batch-sizes must be an integer in [1, 60000], got 0"),
+        (["--methods", "jax"], "invalid choice: 'jax'"),
+        (["--max-batches", "0"], "--max-batches must be an integer >= 1"),
+    ],
+)
+def test_bench_bad_input(args: list[str], message: str) -> None:
+    proc = run_dpnb("bench", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -9,7 +9,7 @@ backward pass instead. :func:`measure` times training steps of one method in a f
 process, so that the peak memory of each run is its own:
 
 * on CUDA, ``torch.cuda.max_memory_allocated``;
-* on CPU, the process's peak resident set size (``ru_maxrss``), reported both in total and as
+* on CPU, the process's peak resident set size (``VmHWM``), reported both in total and as
   the increase over the resident size just before training (after data and model are loaded).
 
 Example (a few batches of a small subset; ``dpnb bench`` runs the full table)::
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,9 +35,17 @@ import pandas as pd
 METHODS = ("non-private", "hooks", "functorch", "ghost")
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MiB.
+
+    ``VmHWM`` belongs to the process's own address space, so unlike ``ru_maxrss`` it does not
+    carry over the parent's resident memory through fork and exec.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batches: int | None,
@@ -65,14 +71,19 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
         _, model, optimizer, criterion, loader, _ = make_private(model, optimizer, criterion, loader, cfg)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    rss_before = _rss_mb()
-    seen, batches = 0, 0
-    t0 = time.perf_counter()
-    for x, y in loader:
+    rss_before = _status_mb("VmRSS") if dev.type == "cpu" else 0.0
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = x.to(dev), y.to(dev)
         optimizer.zero_grad(set_to_none=True)
         criterion(model(x), y).backward()
         optimizer.step()
+
+    batches_iter = iter(loader)
+    step(*next(batches_iter))  # warm-up (one-time kernel and hook set-up): not timed, memory counted
+    seen, batches = 0, 0
+    t0 = time.perf_counter()
+    for x, y in batches_iter:
+        step(x, y)
         seen += len(y)
         batches += 1
         if max_batches is not None and batches >= max_batches:
@@ -88,7 +99,7 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         row["memory_kind"] = "cuda max_memory_allocated"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peak = _status_mb("VmHWM")
         row["peak_memory_mb"] = peak
         row["peak_increase_mb"] = max(peak - rss_before, 0.0)
         row["memory_kind"] = "cpu peak RSS"
@@ -97,7 +108,11 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
 
 def measure(*, method: str, batch_size: int, limit: int | None = None, max_batches: int | None = None,
             device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Time ``max_batches`` steps (default: one epoch) of the MNIST CNN in a fresh process."""
+    """Time ``max_batches`` steps (default: the rest of one epoch) of the MNIST CNN in a fresh process.
+
+    One warm-up step comes first and is not timed; ``seconds_per_epoch`` extrapolates the
+    timed steps to the whole training set.
+    """
     from dpnb.params import check_choice, check_int
 
     check_choice("method", method, METHODS)

@@ -141,13 +141,12 @@ def mnist_tensors(name: str = "mnist", *, split: str = "train", root: str | os.P
     """
     name = check_choice("dataset", name, ("mnist", "fashion-mnist"))
     ds = load_dataset(name, split=split, root=root)
-    x = ds.data.float().div_(255).unsqueeze(1)
-    mean, std = NORMALIZATION[name]
-    x = (x - mean[0]) / std[0]
-    y = ds.targets.clone()
+    x, y = ds.data, ds.targets.clone()
     if limit is not None:
         idx = seeded_indices(len(y), check_int("limit", limit, low=1, high=len(y)), seed=seed)
         x, y = x[idx], y[idx]
+    mean, std = NORMALIZATION[name]
+    x = (x.float().div_(255).unsqueeze(1) - mean[0]) / std[0]
     return TensorDataset(x, y)
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -360,23 +360,37 @@ def calibrate_noise_multiplier(
     sigma_max: float = 1_000.0,
     rel_tol: float = 1e-3,
 ) -> float:
-    """Smallest σ (up to ``rel_tol``) whose ε is at most ``target_epsilon``: bisection.
+    """Smallest σ whose ε does not exceed ``target_epsilon``, up to ``rel_tol``.
 
-    ε decreases monotonically in σ, so bisection on [σ_lo, σ_hi] converges; the σ returned is
-    the upper end of the final bracket, so its ε never exceeds the target. Raises
-    :class:`ParameterError` when even ``sigma_max`` cannot reach the target.
+    ε decreases monotonically in σ. After bracketing the answer (doubling or halving σ), the
+    bracket is narrowed by regula falsi on (log σ, log ε) with the Illinois modification, which
+    needs far fewer accountant calls than bisection (PRV calls are the expensive part). The σ
+    returned is the bracket's upper end, so its ε never exceeds the target; iteration stops when
+    that ε is within ``rel_tol`` (relative) of the target or the bracket is that narrow.
+    Raises :class:`ParameterError` when even ``sigma_max`` cannot reach the target.
     """
     target = check_number("target_epsilon", target_epsilon, low=0, low_open=True)
     q = check_number("sample_rate", sample_rate, low=0, high=1, low_open=True)
     steps = check_int("steps", steps, low=1)
     delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
 
-    def eps_at(sigma: float) -> float:
-        return epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
-                       accountant=accountant)
+    def f(sigma: float) -> float:  # > 0: too little noise; <= 0: within budget
+        eps = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=accountant)
+        return math.log(max(eps, 1e-300)) - math.log(target)
 
-    hi = 1.0
-    while eps_at(hi) > target:
+    if accountant == "prv":
+        # PRV is never above RDP, so RDP's answer is an upper end; starting there keeps the PRV
+        # accountant away from tiny σ, where each of its calls is slow.
+        hi = calibrate_noise_multiplier(target_epsilon=target, sample_rate=q, steps=steps, delta=delta,
+                                        accountant="rdp", sigma_max=sigma_max, rel_tol=rel_tol)
+        f_hi, lo = f(hi), 0.85 * hi
+        while (f_lo := f(lo)) <= 0:
+            hi, f_hi, lo = lo, f_lo, 0.85 * lo
+            if lo < 1e-3:
+                return hi
+        return _illinois(f, lo, f_lo, hi, f_hi, rel_tol)
+    hi, f_hi = 1.0, f(1.0)
+    while f_hi > 0:
         hi *= 2
         if hi > sigma_max:
             raise ParameterError(
@@ -384,15 +398,34 @@ def calibrate_noise_multiplier(
                 f"(sample_rate={q:g}, steps={steps}, delta={delta:g}, accountant={accountant}); "
                 "raise the target, or lower sample_rate or steps"
             )
-    lo = hi / 2
-    while eps_at(lo) <= target:  # bracket from below as well (targets that need sigma < 1)
-        hi, lo = lo, lo / 2
+        f_hi = f(hi)
+    lo, f_lo = hi / 2, f(hi / 2)
+    while f_lo <= 0:  # targets that need sigma < 1: bracket from below as well
+        hi, f_hi, lo = lo, f_lo, lo / 2
         if lo < 1e-3:
             return hi
-    while hi - lo > rel_tol * hi:
-        mid = (lo + hi) / 2
-        if eps_at(mid) > target:
-            lo = mid
+        f_lo = f(lo)
+    return _illinois(f, lo, f_lo, hi, f_hi, rel_tol)
+
+
+def _illinois(f: Callable[[float], float], lo: float, f_lo: float, hi: float, f_hi: float,
+              rel_tol: float) -> float:
+    """Narrow a bracket f(lo) > 0 >= f(hi) by Illinois regula falsi in log σ; return its upper end."""
+    retained = 0  # which end survived the last step: +1 lo, -1 hi (Illinois bookkeeping)
+    while hi - lo > rel_tol * hi and -f_hi > math.log1p(rel_tol):
+        a, b = math.log(lo), math.log(hi)
+        x = b - f_hi * (b - a) / (f_hi - f_lo)
+        x = min(max(x, a + 0.01 * (b - a)), b - 0.01 * (b - a))  # stay strictly inside
+        mid = math.exp(x)
+        f_mid = f(mid)
+        if f_mid > 0:
+            lo, f_lo = mid, f_mid
+            if retained == -1:
+                f_hi /= 2
+            retained = -1
         else:
-            hi = mid
+            hi, f_hi = mid, f_mid
+            if retained == 1:
+                f_lo /= 2
+            retained = 1
     return hi

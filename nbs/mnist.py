@@ -1,0 +1,317 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # MNIST: the first private model, and what privacy costs
+#
+# **Question.** Take an ordinary MNIST classifier. What changes when it is trained with
+# DP-SGD, how much accuracy does a given ε cost, and what does privacy cost in time and memory?
+#
+# We train the small tanh CNN of Papernot et al. {cite:p}`papernot2021tempered` and
+# Tramèr & Boneh {cite:p}`tramer2021differentially` (`dpnb.models.mnist_cnn`) first without
+# privacy, then with DP-SGD {cite:p}`abadi2016deep` through Opacus {cite:p}`opacus2021`, using
+# one training loop for both (`dpnb.train.train`). Privacy is accounted as in the
+# {doc}`budget` chapter: Poisson sampling, add/remove-one adjacency, ε from the PRV accountant
+# (the RDP value is recorded too), δ = 10⁻⁵ unless the parameters say otherwise.
+
+# %% tags=["parameters"]
+# Book profile: full MNIST, a few epochs per run on a 2-core CPU (CUDA when present).
+epochs = 5  # DP epochs of every run on the privacy-utility curve
+batch_size = 1024  # logical batch size (expected size under Poisson sampling)
+learning_rate = 3.0  # SGD with momentum on the mean loss of the clipped gradients
+momentum = 0.9
+max_grad_norm = 0.1  # clipping norm C
+delta = 1e-5
+target_epsilons = [0.5, 1.0, 2.0, 3.0, 8.0]
+accountant = "prv"  # accountant that calibrates sigma to each target epsilon
+grad_sample_mode = "ghost"  # hooks, functorch or ghost (clipping)
+baseline_epochs = 2
+baseline_batch_size = 256
+baseline_learning_rate = 0.1
+sweep_epsilon = 3.0
+sweep_epochs = 2
+sweep_limit = 10_000  # the sweeps train on a seeded subset of this size
+sweep_max_grad_norms = [0.01, 0.1, 1.0]
+sweep_batch_sizes = [256, 1024, 4096]
+cost_batch_sizes = [128, 512, 2048]
+cost_methods = ["non-private", "hooks", "functorch", "ghost"]
+cost_max_batches = 8  # steps timed per method and batch size (None: a whole epoch)
+train_limit = None  # a seeded subset of the training set (None: all 60,000 images)
+device = "auto"
+seed = 0
+profile = "book"
+
+# %% [markdown]
+# Every parameter is checked first; a bad value stops here with a one-line message.
+
+# %%
+import time
+
+import pandas as pd
+import torch
+from IPython.display import Markdown, display
+from tqdm.auto import tqdm
+
+from dpnb import cost, data, models, plots
+from dpnb.params import check_choice, check_int, check_number
+from dpnb.published import published
+from dpnb.results import Results
+from dpnb.train import TrainConfig, select_device, train
+
+train_limit = None if train_limit is None else check_int("train_limit", train_limit, low=100, high=60_000)
+n_train = train_limit or 60_000
+epochs = check_int("epochs", epochs, low=1)
+batch_size = check_int("batch_size", batch_size, low=1, high=n_train)
+learning_rate = check_number("learning_rate", learning_rate, low=0, low_open=True)
+momentum = check_number("momentum", momentum, low=0, high=1, high_open=True)
+max_grad_norm = check_number("max_grad_norm", max_grad_norm, low=0, low_open=True)
+delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
+target_epsilons = [check_number("target_epsilons", e, low=0, low_open=True) for e in target_epsilons]
+accountant = check_choice("accountant", accountant, ["prv", "rdp"])
+grad_sample_mode = check_choice("grad_sample_mode", grad_sample_mode, ["hooks", "functorch", "ghost"])
+baseline_epochs = check_int("baseline_epochs", baseline_epochs, low=1)
+baseline_batch_size = check_int("baseline_batch_size", baseline_batch_size, low=1, high=n_train)
+sweep_limit = check_int("sweep_limit", sweep_limit, low=100, high=n_train)
+sweep_batch_sizes = [check_int("sweep_batch_sizes", b, low=1, high=sweep_limit) for b in sweep_batch_sizes]
+cost_batch_sizes = [check_int("cost_batch_sizes", b, low=1, high=n_train) for b in cost_batch_sizes]
+device = select_device(device).type
+profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
+torch.manual_seed(seed)
+results = Results(chapter="mnist", profile=profile)
+print(f"device: {device}; torch threads: {torch.get_num_threads()}")
+
+# %% [markdown]
+# ## Data
+#
+# `dpnb.data` finds MNIST under `$DPNB_DATA` (or downloads it through torchvision). We hold the
+# normalised images as one tensor: decoding 60,000 PIL images every epoch would cost more
+# than the model.
+
+# %%
+train_set = data.mnist_tensors("mnist", split="train", limit=train_limit, seed=seed)
+test_set = data.mnist_tensors("mnist", split="test")
+print(f"{len(train_set)} training and {len(test_set)} test images")
+
+# %% [markdown]
+# ## 1. A non-private baseline
+#
+# The model: two strided convolutions with max-pooling and a 32-unit dense layer, 26k
+# parameters, tanh activations. Bounded activations keep gradient norms small and stable, which
+# suits clipping; Papernot et al. found tanh better than ReLU under DP.
+
+# %%
+model = models.mnist_cnn()
+print(model)
+print(f"{sum(p.numel() for p in model.parameters())} parameters")
+
+# %%
+baseline = train(model, train_set, test_set,
+                 TrainConfig(epochs=baseline_epochs, batch_size=baseline_batch_size, lr=baseline_learning_rate,
+                             momentum=momentum, dp=False, seed=seed, device=device))
+baseline_accuracy = baseline.test_accuracy
+results.add(experiment="baseline", dataset="MNIST", model="mnist_cnn", dp=False, epsilon=None, delta=None,
+            accountant="", metric="test_accuracy", value=baseline_accuracy, seconds=baseline.seconds)
+display(baseline.history[["epoch", "loss", "train_accuracy", "test_accuracy", "seconds"]].round(4))
+
+# %% [markdown]
+# ## 2. The same model, private
+#
+# Making it private changes four things, all inside `dpnb.train.make_private` (Opacus's
+# `PrivacyEngine.make_private`):
+#
+# 1. **Poisson sampling.** The data loader draws each example into each batch independently
+#    with probability $q = B/N$, so batch sizes vary; this is the sampling the accountant assumes.
+# 2. **Per-example gradients and clipping.** Each example's gradient is clipped to norm $C$
+#    (`max_grad_norm`); with `ghost` clipping Opacus computes per-example gradient *norms* without
+#    materialising the gradients {cite:p}`li2022large`.
+# 3. **Noise.** The sum of clipped gradients gets $\mathcal N(0, \sigma^2 C^2 I)$ before the
+#    optimizer divides by the expected batch size $B$.
+# 4. **Accounting.** σ is calibrated so that the planned $T = \text{epochs}\cdot N/B$ steps spend
+#    exactly the target ε; after every epoch the loop reports ε for the steps done so far.
+#
+# The model needs no change: it has no BatchNorm (which mixes examples and breaks per-example
+# clipping; `dpnb.train` refuses it and `make_dp_compatible` swaps in GroupNorm).
+
+# %%
+def dp_config(target_epsilon: float, **overrides) -> TrainConfig:
+    """The chapter's DP-SGD settings for one target ε; keyword arguments override them."""
+    kw = dict(epochs=epochs, batch_size=batch_size, lr=learning_rate, momentum=momentum, dp=True,
+              target_epsilon=target_epsilon, max_grad_norm=max_grad_norm, delta=delta,
+              accountant=accountant, grad_sample_mode=grad_sample_mode, seed=seed, device=device)
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+# %% [markdown]
+# ## 3. Privacy against utility
+#
+# One run per target ε, each with the same epochs, batch size, learning rate and clipping norm;
+# only σ changes. (These hyper-parameters were chosen by hand on the MNIST training set before
+# writing this chapter, which is itself a use of the private data that the ε below does not
+# cover; the {doc}`budget` chapter's accounting applies to each run alone.)
+
+# %%
+curve_rows, curve_histories = [], []
+for eps in tqdm(target_epsilons, desc="target epsilons"):
+    run = train(models.mnist_cnn(), train_set, test_set, dp_config(eps), progress=False)
+    curve_rows.append(run.summary())
+    curve_histories.append(run.history.assign(run=f"DP, ε = {eps:g}"))
+    results.add(experiment="privacy-utility", dataset="MNIST", model="mnist_cnn", dp=True,
+                epsilon=run.epsilon[accountant], delta=delta, accountant=f"{accountant} (Poisson sampling)",
+                metric="test_accuracy", value=run.test_accuracy, seconds=run.seconds)
+curve = pd.DataFrame(curve_rows)
+display(curve[["target_epsilon", "noise_multiplier", "steps", "epsilon_prv", "epsilon_rdp", "test_accuracy",
+               "seconds"]].style.format({"noise_multiplier": "{:.3f}", "epsilon_prv": "{:.3f}",
+                                         "epsilon_rdp": "{:.3f}", "test_accuracy": "{:.2%}", "seconds": "{:.0f}"}))
+
+# %%
+fig = plots.privacy_utility(curve, published=published("mnist"), baseline=baseline_accuracy, delta=delta,
+                            accountant=f"{accountant.upper()} accountant, Poisson sampling")
+
+# %%
+fig = plots.training_curves(pd.concat([baseline.history.assign(run="non-private")] + curve_histories))
+
+# %% [markdown]
+# How this compares with the literature (accuracies as published; their ε use different
+# accountants, so an ε here is not directly comparable to an ε there):
+
+# %%
+ours = curve.assign(source="this book", accountant=f"{accountant.upper()} (Poisson)",
+                    model="mnist_cnn", epochs=epochs)[["source", "model", "epsilon", "accountant", "test_accuracy"]]
+table = pd.concat([published("mnist")[["source", "model", "epsilon", "accountant", "test_accuracy"]], ours])
+display(table.sort_values(["epsilon", "source"]).style.format({"epsilon": "{:.2f}", "test_accuracy": "{:.1%}"})
+        .hide(axis="index"))
+
+# %%
+best = curve[curve["epsilon"] <= 3.0 + 1e-9]
+if len(best):
+    top = best.loc[best["test_accuracy"].idxmax()]
+    display(Markdown(
+        f"At ε = {top['epsilon']:.2f} (δ = {delta:g}, {accountant.upper()}) this run reaches "
+        f"**{top['test_accuracy']:.2%}** test accuracy after {epochs} epochs, against "
+        f"{baseline_accuracy:.2%} without privacy after {baseline_epochs}. Tramèr & Boneh report 98.1% at ε = 3 "
+        "with the same architecture and many more epochs; the TF Privacy tutorial's 96.6% at its printed "
+        "ε = 3.01 is ε ≈ 2.4 under PRV (see the budget chapter)."))
+
+# %%
+display(Markdown(
+    "Test accuracy by target ε: " + ", ".join(
+        f"ε = {r.epsilon:.2g}: **{r.test_accuracy:.2%}** (σ = {r.noise_multiplier:.2f})" for r in curve.itertuples())
+    + f"; non-private: {baseline_accuracy:.2%}."))
+
+# %% [markdown]
+# Only σ differs between these runs: a smaller ε needs a larger σ for the same number of steps,
+# and the noise then hides more of each averaged gradient. With few epochs the curve also
+# saturates at large ε, where the run is limited by training time rather than by noise: more
+# epochs help at every ε (ε grows roughly like $\sqrt{T}$ at fixed σ, so the σ needed grows
+# slowly with $T$), and the `gpu` profile trains for 40 epochs.
+
+# %% [markdown]
+# ## 4. Clipping norm and batch size at fixed ε
+#
+# Two one-dimensional sweeps at ε = `sweep_epsilon`, on a seeded subset of the training set so
+# that they stay cheap (a smaller dataset means a larger $q$ for the same batch, so accuracies
+# here are lower than above). The learning rate is held fixed.
+
+# %%
+sweep_set = data.mnist_tensors("mnist", split="train", limit=sweep_limit, seed=seed)
+grid = [dict(max_grad_norm=c, batch_size=batch_size) for c in sweep_max_grad_norms] + [
+    dict(max_grad_norm=max_grad_norm, batch_size=b) for b in sweep_batch_sizes if b != batch_size]
+sweep_rows = []
+for overrides in tqdm(grid, desc="sweep"):
+    run = train(models.mnist_cnn(), sweep_set, test_set,
+                dp_config(sweep_epsilon, epochs=sweep_epochs, **overrides), progress=False)
+    sweep_rows.append(run.summary())
+    results.add(experiment=f"sweep C={overrides['max_grad_norm']:g} B={overrides['batch_size']}",
+                dataset=f"MNIST subset {sweep_limit}", model="mnist_cnn", dp=True, epsilon=run.epsilon[accountant],
+                delta=delta, accountant=f"{accountant} (Poisson sampling)", metric="test_accuracy",
+                value=run.test_accuracy, seconds=run.seconds)
+sweep = pd.DataFrame(sweep_rows)
+display(sweep[["max_grad_norm", "batch_size", "noise_multiplier", "steps", "epsilon", "test_accuracy"]]
+        .style.format({"noise_multiplier": "{:.3f}", "epsilon": "{:.3f}", "test_accuracy": "{:.2%}"}))
+
+# %%
+fig = plots.sweep(sweep[sweep["batch_size"] == batch_size], x="max_grad_norm", hue="batch_size",
+                  epsilon=sweep_epsilon, delta=delta, xlabel="clipping norm C (log scale)")
+
+# %%
+fig = plots.sweep(sweep[sweep["max_grad_norm"] == max_grad_norm], x="batch_size", hue="max_grad_norm",
+                  epsilon=sweep_epsilon, delta=delta, xlabel="batch size (log scale)")
+
+# %%
+by_c = sweep[sweep["batch_size"] == batch_size].set_index("max_grad_norm")["test_accuracy"]
+by_b = sweep[sweep["max_grad_norm"] == max_grad_norm].set_index("batch_size")["test_accuracy"]
+display(Markdown(
+    f"On this subset, after {sweep_epochs} epochs at ε = {sweep_epsilon:g}: clipping norm "
+    + ", ".join(f"C = {c:g}: {a:.1%}" for c, a in by_c.items())
+    + "; batch size " + ", ".join(f"B = {b}: {a:.1%}" for b, a in by_b.items()) + "."))
+
+# %% [markdown]
+# Two mechanisms are at work. With SGD on the mean of clipped gradients, the clipping norm $C$
+# scales both the signal (when gradients are clipped) and the noise $\sigma C / B$, so at a
+# fixed learning rate it acts much like a learning-rate multiplier; a short run favours the
+# larger steps. The batch size trades the number of steps against the noise per step: at fixed
+# ε and epochs, a batch of 4096 leaves only a handful of steps on 10,000 examples, too few to
+# learn, while smaller batches take many noisier steps. The best $C$ and $B$ depend on the
+# learning rate and the training length, which is why DP hyper-parameters are tuned jointly
+# (and why that tuning, when done on the private data, should itself be accounted for).
+
+# %% [markdown]
+# ## 5. The cost of privacy: time and memory
+#
+# Each (method, batch size) is timed over a few steps in a fresh process
+# (`dpnb.cost.measure`), so that its peak memory is its own. On a GPU the memory is
+# `torch.cuda.max_memory_allocated`; on a CPU it is the process's peak resident memory, shown as
+# the increase over the resident memory just before training. `dpnb bench` prints the same table
+# from the command line.
+
+# %%
+cost_df = cost.measure_grid(methods=cost_methods, batch_sizes=cost_batch_sizes, max_batches=cost_max_batches,
+                            limit=train_limit, device=device)
+memory_metric = "peak_increase_mb" if "peak_increase_mb" in cost_df else "peak_memory_mb"
+for row in cost_df.itertuples():
+    for metric in ("seconds_per_epoch", memory_metric):
+        results.add(experiment=f"cost {row.method} B={row.batch_size}", dataset="MNIST", model="mnist_cnn",
+                    dp=row.method != "non-private", epsilon=None, delta=None, accountant="",
+                    metric=metric, value=getattr(row, metric), seconds=row.seconds)
+show = ["method", "batch_size", "samples_per_second", "seconds_per_epoch", "slowdown_vs_non_private",
+        "peak_memory_mb"] + (["peak_increase_mb"] if "peak_increase_mb" in cost_df else [])
+display(cost_df[show].style.format(precision=2).hide(axis="index"))
+
+# %%
+fig = plots.cost_of_privacy(cost_df)
+
+# %%
+slow = cost_df[cost_df["method"] != "non-private"].groupby("method")["slowdown_vs_non_private"].mean()
+display(Markdown("Mean slowdown over non-private training across the batch sizes measured: "
+                 + ", ".join(f"**{m}** {v:.2f}x" for m, v in slow.sort_values().items()) + f" ({device})."))
+
+# %% [markdown]
+# Materialising per-example gradients (`hooks`, `functorch`) costs memory proportional to batch
+# size × parameters; ghost clipping avoids that with a second backward pass. The time measured
+# here extrapolates a few steps (after one untimed warm-up step) to an epoch; `dpnb bench` times
+# whole epochs.
+#
+# ## Summary
+#
+# * Converting a model to DP-SGD changes the data loader (Poisson sampling), the gradient
+#   (per-example clipping and noise) and adds an accountant; the model itself stays.
+# * On MNIST a few epochs of DP-SGD already come within one or two points of the non-private
+#   model at moderate ε (the table above has this run's numbers); each reported ε comes with δ,
+#   the accountant and Poisson sampling.
+# * Time and memory costs depend on how per-example gradients are computed (section 5).
+
+# %%
+path = results.save()
+print(f"saved {len(results.rows)} rows to {path}")
