@@ -32,9 +32,11 @@ def test_results_csv_is_tidy(smoke_build: Path) -> None:
         assert list(df.columns[: len(COLUMNS)]) == COLUMNS
         assert len(df) > 0
         assert (df["chapter"] == ch.name).all() and (df["profile"] == "smoke").all()
-        dp = df[df["dp"]]
-        assert dp["epsilon"].notna().all() and dp["delta"].notna().all()
-        assert (dp["accountant"].str.len() > 0).all()
+        with_eps = df[df["epsilon"].notna()]
+        assert with_eps["delta"].notna().all(), "an epsilon without its delta"
+        assert (with_eps["accountant"].fillna("").str.contains("Poisson")).all(), "epsilon without accountant"
+        private_utility = df[df["dp"] & df["metric"].str.contains("accuracy|epsilon|noise")]
+        assert private_utility["epsilon"].notna().all(), "a private result without its epsilon"
 
 
 def test_budget_results_match_the_library(smoke_build: Path) -> None:

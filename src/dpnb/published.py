@@ -7,7 +7,7 @@ printed in the papers; their accountants differ, so compare with care (see the b
 Example::
 
     >>> from dpnb.published import published
-    >>> published("mnist")["test_accuracy"].max()
+    >>> float(published("mnist")["test_accuracy"].max())
     0.981
 """
 

@@ -205,12 +205,12 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
             target_epsilon=float(config.target_epsilon),  # type: ignore[arg-type]
             sample_rate=sample_rate, steps=config.epochs * len(loader), delta=config.delta,
             accountant=config.accountant)  # type: ignore[arg-type]
-    engine = PrivacyEngine(accountant="prv")
     kw = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
               max_grad_norm=config.max_grad_norm, poisson_sampling=True,
               grad_sample_mode=config.grad_sample_mode, noise_generator=generator)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Secure RNG turned off": fine for research code
+        engine = PrivacyEngine(accountant="prv")
         if config.grad_sample_mode == "ghost":
             model, optimizer, criterion, loader = engine.make_private(**kw, criterion=criterion)
         else:
