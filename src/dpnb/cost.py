@@ -131,13 +131,18 @@ def measure(*, method: str, batch_size: int, limit: int | None = None, max_batch
 
 
 def measure_grid(*, methods: Sequence[str] = METHODS, batch_sizes: Sequence[int] = (256, 1024),
-                 limit: int | None = None, max_batches: int | None = None, device: str = "auto",
-                 progress: bool = True) -> pd.DataFrame:
-    """:func:`measure` for every (method, batch size); adds each method's slowdown over non-private."""
+                 limit: int | None = None, max_batches: int | None = None, max_examples: int | None = None,
+                 device: str = "auto", progress: bool = True) -> pd.DataFrame:
+    """:func:`measure` for every (method, batch size); adds each method's slowdown over non-private.
+
+    ``max_examples`` times about that many examples per run (``ceil(max_examples / batch)``
+    steps), so that small and large batches are timed over a similar amount of work.
+    """
     from tqdm.auto import tqdm
 
     grid = [(m, b) for b in batch_sizes for m in methods]
-    rows = [measure(method=m, batch_size=b, limit=limit, max_batches=max_batches, device=device)
+    rows = [measure(method=m, batch_size=b, limit=limit, device=device,
+                    max_batches=-(-max_examples // b) if max_examples else max_batches)
             for m, b in tqdm(grid, desc="cost of privacy", disable=not progress)]
     df = pd.DataFrame(rows)
     base = df[df["method"] == "non-private"].set_index("batch_size")["seconds_per_epoch"]
