@@ -24,6 +24,16 @@ from matplotlib.figure import Figure
 sns.set_theme(context="notebook", style="whitegrid")
 
 
+def _log_ticks(ax: plt.Axes, values: object) -> None:
+    """Label a log x-axis at the data's own values (e.g. 0.5, 1, 2, 3, 8), not at powers of ten."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ticks = sorted({float(v) for v in values})  # type: ignore[attr-defined]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def gaussian_privacy_profile(df: pd.DataFrame) -> Figure:
     """δ(ε) of one Gaussian mechanism (sensitivity 1) for several noise multipliers σ."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -89,6 +99,7 @@ def privacy_utility(df: pd.DataFrame, *, published: pd.DataFrame | None = None,
         ax.axhline(baseline, color="grey", ls="--", lw=1, label=f"non-private ({baseline:.1%})")
     ax.set(xscale="log", xlabel="ε (log scale)", ylabel="test accuracy",
            title=f"MNIST: privacy vs utility (δ = {delta:g}, {accountant})")
+    _log_ticks(ax, df["target_epsilon"] if "target_epsilon" in df else df["epsilon"].round(1))
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
@@ -101,6 +112,7 @@ def sweep(df: pd.DataFrame, *, x: str, hue: str, epsilon: float, delta: float, x
     sns.lineplot(data=df, x=x, y="test_accuracy", hue=hue, marker="o", palette="viridis", ax=ax)
     ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy",
            title=f"Effect of {xlabel.split(' (')[0]} at ε = {epsilon:g} (δ = {delta:g})")
+    _log_ticks(ax, df[x])
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     fig.tight_layout()
     return fig
@@ -119,6 +131,8 @@ def cost_of_privacy(df: pd.DataFrame) -> Figure:
              else "peak memory (MB)")
     axes[1].set(xscale="log", xlabel="batch size (log scale)", ylabel=label,
                 title=f"Memory ({df['memory_kind'].iloc[0]})")
+    for ax in axes:
+        _log_ticks(ax, df["batch_size"])
     fig.tight_layout()
     return fig
 
