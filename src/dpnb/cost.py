@@ -48,19 +48,42 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _workload(name: str, *, limit: int | None, seed: int, image_size: int) -> tuple[Any, Any]:
+    """(training set, model) of a workload: ``mnist-cnn`` or ``flowers-resnet18`` (end-to-end
+    fine-tuning of a ResNet-18 whose BatchNorms are GroupNorms, on ``image_size`` px images)."""
+    from dpnb import data, models
+
+    if name == "mnist-cnn":
+        return data.mnist_tensors("mnist", split="train", limit=limit, seed=seed), models.mnist_cnn()
+    import torch
+    from torch.utils.data import TensorDataset
+    from torchvision import transforms as T
+    from torchvision.models import resnet18
+
+    from dpnb.train import make_dp_compatible
+
+    tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(),
+                    T.Normalize(*data.NORMALIZATION["flowers102"])])
+    ds = data.load_dataset("flowers102", split="large-train", transform=tf)
+    if limit is not None:
+        ds = data.subset(ds, min(limit, len(ds)), seed=seed)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = data.targets(ds)
+    return TensorDataset(x, y), models.out_of_place_residuals(make_dp_compatible(resnet18(num_classes=102)))
+
+
 def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batches: int | None,
-                  device: str, seed: int) -> dict[str, Any]:
+                  device: str, seed: int, workload: str = "mnist-cnn", image_size: int = 64) -> dict[str, Any]:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from dpnb import data, models
     from dpnb.train import TrainConfig, make_private, select_device
 
     torch.manual_seed(seed)
     dev = select_device(device)
-    train_set = data.mnist_tensors("mnist", split="train", limit=limit, seed=seed)
-    model = models.mnist_cnn().to(dev)
+    train_set, model = _workload(workload, limit=limit, seed=seed, image_size=image_size)
+    model = model.to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     criterion: Any = nn.CrossEntropyLoss()
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
@@ -91,8 +114,9 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
-    row: dict[str, Any] = dict(method=method, batch_size=batch_size, device=dev.type, examples=seen,
-                               batches=batches, seconds=seconds, samples_per_second=seen / seconds,
+    row: dict[str, Any] = dict(workload=workload, method=method, batch_size=batch_size, device=dev.type,
+                               examples=seen, batches=batches, seconds=seconds,
+                               seconds_per_step=seconds / max(batches, 1), samples_per_second=seen / seconds,
                                seconds_per_epoch=len(train_set) / (seen / seconds),
                                dataset_size=len(train_set))
     if dev.type == "cuda":
@@ -106,9 +130,14 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
     return row
 
 
+WORKLOADS = ("mnist-cnn", "flowers-resnet18")
+
+
 def measure(*, method: str, batch_size: int, limit: int | None = None, max_batches: int | None = None,
-            device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Time ``max_batches`` steps (default: the rest of one epoch) of the MNIST CNN in a fresh process.
+            device: str = "auto", seed: int = 0, workload: str = "mnist-cnn", image_size: int = 64) -> dict[str, Any]:
+    """Time ``max_batches`` steps (default: the rest of one epoch) of a workload in a fresh process.
+
+    ``workload``: the MNIST CNN (``mnist-cnn``) or ResNet-18 on Flowers-102 (``flowers-resnet18``).
 
     One warm-up step comes first and is not timed; ``seconds_per_epoch`` extrapolates the
     timed steps to the whole training set.
@@ -116,9 +145,10 @@ def measure(*, method: str, batch_size: int, limit: int | None = None, max_batch
     from dpnb.params import check_choice, check_int
 
     check_choice("method", method, METHODS)
+    check_choice("workload", workload, WORKLOADS)
     check_int("batch_size", batch_size, low=1)
     cmd = [sys.executable, "-m", "dpnb.cost", "--method", method, "--batch-size", str(batch_size),
-           "--device", device, "--seed", str(seed)]
+           "--device", device, "--seed", str(seed), "--workload", workload, "--image-size", str(image_size)]
     if limit is not None:
         cmd += ["--limit", str(limit)]
     if max_batches is not None:
@@ -132,7 +162,8 @@ def measure(*, method: str, batch_size: int, limit: int | None = None, max_batch
 
 def measure_grid(*, methods: Sequence[str] = METHODS, batch_sizes: Sequence[int] = (256, 1024),
                  limit: int | None = None, max_batches: int | None = None, max_examples: int | None = None,
-                 device: str = "auto", progress: bool = True) -> pd.DataFrame:
+                 device: str = "auto", progress: bool = True, workload: str = "mnist-cnn",
+                 image_size: int = 64) -> pd.DataFrame:
     """:func:`measure` for every (method, batch size); adds each method's slowdown over non-private.
 
     ``max_examples`` times about that many examples per run (``ceil(max_examples / batch)``
@@ -141,7 +172,7 @@ def measure_grid(*, methods: Sequence[str] = METHODS, batch_sizes: Sequence[int]
     from tqdm.auto import tqdm
 
     grid = [(m, b) for b in batch_sizes for m in methods]
-    rows = [measure(method=m, batch_size=b, limit=limit, device=device,
+    rows = [measure(method=m, batch_size=b, limit=limit, device=device, workload=workload, image_size=image_size,
                     max_batches=-(-max_examples // b) if max_examples else max_batches)
             for m, b in tqdm(grid, desc="cost of privacy", disable=not progress)]
     df = pd.DataFrame(rows)
@@ -158,12 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-batches", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workload", choices=WORKLOADS, default="mnist-cnn")
+    p.add_argument("--image-size", type=int, default=64)
     a = p.parse_args(argv)
     import warnings
 
     warnings.simplefilter("ignore")
     row = _measure_here(method=a.method, batch_size=a.batch_size, limit=a.limit, max_batches=a.max_batches,
-                        device=a.device, seed=a.seed)
+                        device=a.device, seed=a.seed, workload=a.workload, image_size=a.image_size)
     print(json.dumps(row))
     return 0
 

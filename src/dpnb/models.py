@@ -50,3 +50,50 @@ def mnist_cnn(*, activation: str = "tanh", num_classes: int = 10) -> nn.Sequenti
         nn.Linear(32 * 4 * 4, 32), act(),
         nn.Linear(32, num_classes),
     )
+
+
+def linear_head(*, in_features: int, num_classes: int) -> nn.Sequential:
+    """Flatten, then one linear layer: the classifier of Tramèr & Boneh's ScatterNet+linear (Sec. 3)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+
+
+def scatter_cnn(*, in_channels: int, num_classes: int, width: int = 64, activation: str = "tanh",
+                groups: int = 8, first_kernel: int = 3) -> nn.Sequential:
+    """A small CNN on scattering maps, after Tramèr & Boneh (2021, Table 10): two convolutions with
+    GroupNorm and ``tanh``, max-pooling between them, global average pooling, a linear classifier.
+    ``first_kernel=1`` makes the first layer a cheap channel mixer (for the 651 maps of J=3)."""
+    act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, kernel_size=first_kernel, padding=first_kernel // 2),
+        nn.GroupNorm(groups, width), act(),
+        MaxPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(width, width, kernel_size=3, padding=1), nn.GroupNorm(groups, width), act(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(width, num_classes),
+    )
+
+
+def _basic_block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    return self.relu(out + identity)  # torchvision writes `out += identity`, in place
+
+
+def out_of_place_residuals(model: nn.Module) -> nn.Module:
+    """Make torchvision ResNet ``BasicBlock``s add their shortcut out of place and use copying ReLUs.
+
+    Opacus's per-sample-gradient hooks wrap module outputs in custom autograd functions; the
+    in-place ``out += identity`` and ``ReLU(inplace=True)`` of torchvision's blocks then fail
+    ("Output 0 of BackwardHookFunction is a view and is being modified inplace"). Same numbers.
+    """
+    import types
+
+    from torchvision.models.resnet import BasicBlock
+
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+        if isinstance(m, BasicBlock):
+            m.forward = types.MethodType(_basic_block_forward, m)  # type: ignore[method-assign]
+    return model

@@ -118,15 +118,15 @@ def sweep(df: pd.DataFrame, *, x: str, hue: str, epsilon: float, delta: float, x
     return fig
 
 
-def cost_of_privacy(df: pd.DataFrame) -> Figure:
-    """Seconds per epoch and peak memory against batch size, one line per gradient method."""
+def cost_of_privacy(df: pd.DataFrame, *, per: str = "epoch") -> Figure:
+    """Seconds per epoch (or per step) and peak memory against batch size, one line per gradient method."""
     mem = "peak_increase_mb" if "peak_increase_mb" in df else "peak_memory_mb"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    sns.lineplot(data=df, x="batch_size", y="seconds_per_epoch", hue="method", marker="o", ax=axes[0])
+    sns.lineplot(data=df, x="batch_size", y=f"seconds_per_{per}", hue="method", marker="o", ax=axes[0])
     sns.lineplot(data=df, x="batch_size", y=mem, hue="method", marker="o", ax=axes[1], legend=False)
     device = df["device"].iloc[0]
-    axes[0].set(xscale="log", xlabel="batch size (log scale)", ylabel="seconds per epoch",
-                title=f"Time per epoch ({device})")
+    axes[0].set(xscale="log", xlabel="batch size (log scale)", ylabel=f"seconds per {per}",
+                title=f"Time per {per} ({device})")
     label = ("peak memory increase during training (MB)" if mem == "peak_increase_mb"
              else "peak memory (MB)")
     axes[1].set(xscale="log", xlabel="batch size (log scale)", ylabel=label,
@@ -143,5 +143,35 @@ def training_curves(df: pd.DataFrame) -> Figure:
     sns.lineplot(data=df, x="epoch", y="test_accuracy", hue="run", marker="o", ax=ax)
     ax.set(xlabel="epoch", ylabel="test accuracy", title="MNIST test accuracy during training")
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    fig.tight_layout()
+    return fig
+
+
+def transfer_variants(df: pd.DataFrame, *, title: str) -> Figure:
+    """Top-1 and top-5 accuracy of each head (bars), DP vs non-private (hue); ε is in the ``run`` labels."""
+    long = df.melt(id_vars=["head", "run"], value_vars=["top1", "top5"], var_name="metric", value_name="accuracy")
+    g = sns.catplot(data=long, x="head", y="accuracy", hue="run", col="metric", kind="bar", height=3.6, aspect=1.1)
+    g.set_axis_labels("trainable part", "test accuracy")
+    for ax in g.axes.flat:
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    g.figure.suptitle(title, y=1.04)
+    return g.figure
+
+
+def accuracy_grid(df: pd.DataFrame, *, delta: float, accountant: str, baseline: dict[str, float] | None = None,
+                  title: str) -> Figure:
+    """Top-1 and top-5 test accuracy against ε (log x), one line per batch size; non-private dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
+    for ax, metric in zip(axes, ("top1", "top5")):
+        sns.lineplot(data=df, x="target_epsilon", y=metric, hue="batch_size", marker="o", palette="viridis",
+                     ax=ax, legend=metric == "top1")
+        if baseline:
+            ax.axhline(baseline[metric], color="grey", ls="--", lw=1, label="non-private")
+        ax.set(xscale="log", xlabel="ε (log scale)", ylabel=f"test {metric.replace('top', 'top-')} accuracy",
+               title=f"{metric.replace('top', 'Top-')} (δ = {delta:g}, {accountant})")
+        _log_ticks(ax, df["target_epsilon"])
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    axes[0].legend(title="batch size", fontsize=8)
+    fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig

@@ -1,0 +1,207 @@
+"""Fixed feature extractors (ScatterNet, pretrained backbones) and a disk cache of their outputs.
+
+Features computed by a fixed, data-independent function of each image cost no privacy budget;
+only the model trained on them sees private data through DP-SGD (Tramèr & Boneh, ICLR 2021,
+Sec. 3). Since they never change, they are computed once and cached on disk:
+``$DPNB_CACHE`` (``dpnb book`` uses ``book/_build/cache``), else ``~/.cache/dpnb``.
+
+* :func:`scatternet`: scattering transform (:mod:`dpnb.scattering`) followed by a
+  parameter-free GroupNorm, Tramèr & Boneh's "ScatterNet + data normalisation" (Sec. 3.1).
+* :func:`backbone`: a torchvision ResNet-18 cut after ``layer3`` or after the pooling layer,
+  with ImageNet weights when they are in ``$TORCH_HOME`` (or downloadable), else an error
+  :class:`WeightsUnavailable` that says so; ``weights="none"`` gives a randomly initialised one.
+
+Example::
+
+    >>> import torch
+    >>> f = scatternet(J=2, shape=(32, 32), channels=3)
+    >>> f(torch.rand(2, 3, 32, 32)).shape
+    torch.Size([2, 243, 8, 8])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dpnb.models import out_of_place_residuals
+from dpnb.params import check_choice
+from dpnb.scattering import Scattering2D, num_coefficients
+
+BACKBONE_WEIGHTS = ("imagenet", "none")
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights are neither in ``$TORCH_HOME`` nor downloadable."""
+
+
+def cache_dir() -> Path:
+    """``$DPNB_CACHE``, else ``$XDG_CACHE_HOME/dpnb``, else ``~/.cache/dpnb``."""
+    if os.environ.get("DPNB_CACHE"):
+        return Path(os.environ["DPNB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dpnb"
+
+
+class ScatterNet(nn.Module):
+    """Scattering of each colour channel, stacked to ``(C*K, h, w)``, then GroupNorm without parameters."""
+
+    def __init__(self, *, J: int, shape: tuple[int, int], channels: int, L: int = 8, groups: int | None = None):
+        super().__init__()
+        self.scattering = Scattering2D(J=J, shape=shape, L=L)
+        self.out_channels = channels * num_coefficients(J=J, L=L)
+        # Tramèr & Boneh normalise 243 = 3 x 81 channels in 27 groups of 9; elsewhere take the
+        # most groups of at least 9 channels that divide the channel count (651 = 31 x 21 for J=3).
+        if groups is None:
+            groups = max(g for g in range(1, self.out_channels // 9 + 1) if self.out_channels % g == 0)
+        self.norm = nn.GroupNorm(groups, self.out_channels, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scattering(x)                         # (B, C, K, h, w)
+        return self.norm(s.flatten(1, 2))
+
+
+def scatternet(*, J: int, shape: tuple[int, int], channels: int = 3, L: int = 8) -> ScatterNet:
+    """Tramèr & Boneh's ScatterNet features: J scales, L=8 angles, normalised per example."""
+    return ScatterNet(J=J, shape=shape, channels=channels, L=L)
+
+
+def imagenet_state_dict(name: str = "resnet18") -> dict[str, torch.Tensor]:
+    """The torchvision ImageNet weights of ``name`` from ``$TORCH_HOME/hub/checkpoints`` or the internet."""
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(name).DEFAULT.url
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if file.is_file():
+        return torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
+                                                  weights_only=True)
+    except Exception as e:  # URLError, HTTPError, ssl errors, hash mismatch ...
+        raise WeightsUnavailable(
+            f"backbone_weights='imagenet': {name} ImageNet weights are not in {file.parent} and could not be "
+            f"downloaded ({type(e).__name__}); put {file.name} there (or set TORCH_HOME), "
+            "or use backbone_weights='none'") from None
+
+
+def imagenet_weights_available(name: str = "resnet18") -> bool:
+    """True when :func:`imagenet_state_dict` would succeed (file present or downloadable)."""
+    try:
+        imagenet_state_dict(name)
+    except WeightsUnavailable:
+        return False
+    return True
+
+
+def _fuse_batchnorm(block: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution before it (exact; DP needs no BatchNorm)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for name, child in list(block.named_children()):
+        _fuse_batchnorm(child)
+    names = list(block._modules)
+    for a, b in zip(names, names[1:]):
+        conv, bn = block._modules[a], block._modules[b]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            block._modules[a] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+            block._modules[b] = nn.Identity()
+    return block
+
+
+def backbone(*, weights: str, cut: str = "pool") -> tuple[nn.Module, nn.Module]:
+    """ResNet-18 split into a frozen trunk and the rest: ``(trunk, rest)``.
+
+    ``cut="pool"``: the trunk ends with global average pooling (512 features), ``rest`` is empty;
+    ``cut="layer3"``: the trunk ends after ``layer3`` and ``rest`` is ``layer4`` + pooling, with
+    its BatchNorms folded into the convolutions, so that it can be fine-tuned under DP.
+    ``weights="imagenet"`` raises :class:`WeightsUnavailable` when they cannot be had.
+    """
+    from torchvision.models import resnet18
+
+    weights = check_choice("backbone_weights", weights, BACKBONE_WEIGHTS)
+    cut = check_choice("cut", cut, ("pool", "layer3"))
+    net = resnet18(weights=None)
+    if weights == "imagenet":
+        net.load_state_dict(imagenet_state_dict("resnet18"))
+    net.eval()
+    out_of_place_residuals(net)  # Opacus's hooks break on in-place additions and activations
+    stem = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
+    tail = [net.layer4, net.avgpool, nn.Flatten()]
+    if cut == "pool":
+        return nn.Sequential(*stem, *tail).eval(), nn.Sequential()
+    return nn.Sequential(*stem).eval(), _fuse_batchnorm(nn.Sequential(*tail))
+
+
+def _digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+    for mod in ("scattering.py", "features.py"):
+        h.update((Path(__file__).parent / mod).read_bytes())
+    return h.hexdigest()[:16]
+
+
+class FeatureSet(Dataset):
+    """Cached features (stored as float16) and labels; items come back as float32."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[i].float(), self.labels[i]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.features.shape[1:])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All features (float32) and labels at once."""
+        return self.features.float(), self.labels
+
+
+@torch.no_grad()
+def extract(dataset: Dataset, extractor: Callable[[torch.Tensor], torch.Tensor], *, key: str,
+            batch_size: int = 128, device: torch.device | str = "cpu", cache: bool = True,
+            progress: bool = True, num_workers: int = 0) -> FeatureSet:
+    """Features of every image of ``dataset`` (in order), from the cache when ``key`` was computed before.
+
+    ``key`` must describe the dataset, its transform and the extractor; the cache file name also
+    hashes the source of :mod:`dpnb.scattering` and this module. Files are written atomically.
+    """
+    from tqdm.auto import tqdm
+
+    path = cache_dir() / f"{key.replace('/', '_')}-{_digest(key, len(dataset))}.pt"  # type: ignore[arg-type]
+    if cache and path.is_file():
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        return FeatureSet(d["features"], d["labels"])
+    if isinstance(extractor, nn.Module):
+        extractor = extractor.to(device).eval()
+    feats, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    for x, y in tqdm(loader, desc=f"features {key}", disable=not progress):
+        feats.append(extractor(x.to(device)).to("cpu", torch.float16))
+        labels.append(torch.as_tensor(y))
+    out = FeatureSet(torch.cat(feats), torch.cat(labels))
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"features": out.features, "labels": out.labels}, tmp)
+        tmp.replace(path)
+    return out
+
+
+def describe(extractor: Any) -> str:
+    """A short, stable name of an extractor for cache keys and tables."""
+    if isinstance(extractor, ScatterNet):
+        s = extractor.scattering
+        return f"scatternet-J{s.J}-L{s.L}-{s.shape[0]}x{s.shape[1]}"
+    return type(extractor).__name__

@@ -1,0 +1,162 @@
+"""Transfer learning under DP: fixed features, a DP-trained head, and top-k accuracy.
+
+With features from a fixed extractor (a ScatterNet, or a backbone pretrained on public data),
+DP-SGD only has to train the last layers: fewer parameters means less noise in total
+(Tramèr & Boneh, ICLR 2021, Sec. 4; Kurakin et al. 2022; De et al. 2022, Sec. 5).
+This module picks the feature extractor for a chapter's parameters and extracts (and caches)
+the features of a dataset split once, so that training runs cost only the head.
+
+Example::
+
+    >>> resolve_features("scatternet", backbone_weights="none")
+    ('scatternet', 'ScatterNet features (wavelet scattering, J=3, L=8): no learned weights')
+    >>> import torch
+    >>> top_k_accuracy(torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05]]), torch.tensor([0, 1]), k=2)
+    1.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from dpnb import data
+from dpnb.features import (ScatterNet, WeightsUnavailable, backbone, extract, imagenet_weights_available,
+                           scatternet)
+from dpnb.params import ParameterError, check_choice
+
+FEATURES = ("auto", "scatternet", "resnet18")
+FLOWERS_SPLITS = {"official": ("train", "test"), "large": ("large-train", "large-test")}
+#: (training, test) images of each split choice.
+FLOWERS_SPLIT_SIZES = {"official": (1020, 6149), "large": (6149, 2040)}
+SCATTER_J = 3
+
+
+def resolve_features(features: str, *, backbone_weights: str) -> tuple[str, str]:
+    """The extractor a run uses and a sentence saying why.
+
+    ``auto`` takes the ImageNet ResNet-18 when ``backbone_weights="imagenet"`` and the weights can
+    be had (``$TORCH_HOME`` or download), else the ScatterNet, which needs no weights at all.
+    ``resnet18`` with ``imagenet`` weights that cannot be had is an error, not a silent fallback.
+    """
+    features = check_choice("features", features, FEATURES)
+    backbone_weights = check_choice("backbone_weights", backbone_weights, ("imagenet", "none"))
+    scat = f"ScatterNet features (wavelet scattering, J={SCATTER_J}, L=8): no learned weights"
+    if features == "scatternet":
+        return "scatternet", scat
+    if features == "auto":
+        if backbone_weights == "imagenet" and imagenet_weights_available("resnet18"):
+            return "resnet18", "ResNet-18 pretrained on ImageNet (public data), frozen"
+        why = ("ImageNet weights are not in $TORCH_HOME and cannot be downloaded here"
+               if backbone_weights == "imagenet" else "backbone_weights='none'")
+        return "scatternet", f"{scat} ({why})"
+    if backbone_weights == "imagenet" and not imagenet_weights_available("resnet18"):
+        raise ParameterError("features='resnet18' with backbone_weights='imagenet': the weights are not in "
+                             "$TORCH_HOME/hub/checkpoints and cannot be downloaded; use features='scatternet', "
+                             "features='auto' or backbone_weights='none'")
+    if backbone_weights == "imagenet":
+        return "resnet18", "ResNet-18 pretrained on ImageNet (public data), frozen"
+    return "resnet18", "ResNet-18 with random weights (backbone_weights='none'): a control, not transfer"
+
+
+@dataclass
+class FeatureData:
+    """Train and test features of one split, with what produced them."""
+
+    train: TensorDataset
+    test: TensorDataset
+    extractor: str
+    description: str
+    shape: tuple[int, ...]
+    deep_head: nn.Module | None  # resnet18: layer4 (BatchNorm folded), fine-tuned in the "deeper" variant
+    seconds: float
+
+
+def flowers_features(*, split: str, features: str, backbone_weights: str, image_size: int,
+                     device: torch.device, limit: int | None = None, seed: int = 0,
+                     progress: bool = True) -> FeatureData:
+    """Flowers-102 features for the ``official`` (1020/6149) or ``large`` (6149/2040) split.
+
+    ScatterNet: images resized to ``image_size`` (centre crop), J=3 scattering + GroupNorm,
+    ``(651, s/8, s/8)``. ResNet-18: ImageNet-normalised images through ``layer3``, ``(256, s/16, s/16)``;
+    the frozen variant's head then sees ``layer4`` + pooling (512 features), the deeper variant
+    fine-tunes ``layer4``. ``limit`` takes a seeded subset of each split (smoke runs).
+    """
+    import time
+
+    from torchvision import transforms as T
+
+    split = check_choice("split", split, FLOWERS_SPLITS)
+    name, why = resolve_features(features, backbone_weights=backbone_weights)
+    t0 = time.perf_counter()
+    steps: list[Any] = [T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor()]
+    deep_head: nn.Module | None = None
+    if name == "scatternet":
+        if image_size % 2 ** SCATTER_J:
+            raise ParameterError(f"image_size must be a multiple of {2 ** SCATTER_J} for ScatterNet features, "
+                                 f"got {image_size}")
+        extractor: Any = scatternet(J=SCATTER_J, shape=(image_size, image_size))
+    else:
+        try:
+            extractor, deep_head = backbone(weights=backbone_weights, cut="layer3")
+        except WeightsUnavailable as e:
+            raise ParameterError(str(e)) from None
+        steps.append(T.Normalize(*data.NORMALIZATION["flowers102"]))
+    key = f"flowers102-{{split}}-{name}-{backbone_weights if name != 'scatternet' else ''}-{image_size}"
+    out = []
+    for part in FLOWERS_SPLITS[split]:
+        ds: Dataset = data.load_dataset("flowers102", split=part, transform=T.Compose(steps))
+        k = key.format(split=part)
+        if limit is not None and limit < len(ds):  # type: ignore[arg-type]
+            ds, k = data.subset(ds, limit, seed=seed), f"{k}-limit{limit}-seed{seed}"
+        fs = extract(ds, extractor, key=k, batch_size=64, device=device, progress=progress)
+        out.append(TensorDataset(*fs.tensors()))
+    shape = tuple(out[0].tensors[0].shape[1:])
+    return FeatureData(train=out[0], test=out[1], extractor=name, description=why, shape=shape,
+                       deep_head=deep_head, seconds=time.perf_counter() - t0)
+
+
+def frozen_features(fd: FeatureData, *, device: torch.device, batch_size: int = 256) -> FeatureData:
+    """For ResNet-18 features: pass the cached ``layer3`` maps through the frozen ``layer4`` + pooling."""
+    if fd.deep_head is None:
+        return fd
+    head = fd.deep_head.to(device).eval()
+
+    @torch.no_grad()
+    def run(ds: TensorDataset) -> TensorDataset:
+        x, y = ds.tensors
+        return TensorDataset(torch.cat([head(b.to(device)).cpu() for b in x.split(batch_size)]), y)
+
+    train, test = run(fd.train), run(fd.test)
+    return FeatureData(train=train, test=test, extractor=fd.extractor, description=fd.description,
+                       shape=tuple(train.tensors[0].shape[1:]), deep_head=None, seconds=fd.seconds)
+
+
+@torch.no_grad()
+def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, *, k: int) -> float:
+    """Fraction of examples whose label is among the ``k`` highest scores."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return float((top == labels[:, None]).any(dim=1).float().mean())
+
+
+@torch.no_grad()
+def accuracies(model: nn.Module, dataset: Dataset, *, ks: tuple[int, ...] = (1, 5), batch_size: int = 1024,
+               device: torch.device | None = None) -> dict[str, float]:
+    """``{"top1": ..., "top5": ...}`` of ``model`` on ``dataset``."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    logits, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        logits.append(model(x.to(device)).cpu())
+        labels.append(y)
+    model.train()
+    lg, lb = torch.cat(logits), torch.cat(labels)
+    return {f"top{k}": top_k_accuracy(lg, lb, k=k) for k in ks}
+
+
+__all__ = ["FEATURES", "FLOWERS_SPLITS", "FLOWERS_SPLIT_SIZES", "resolve_features", "FeatureData", "flowers_features",
+           "frozen_features", "top_k_accuracy", "accuracies", "ScatterNet"]
