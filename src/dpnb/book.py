@@ -143,8 +143,10 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
         (build / d).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"dpnb-{chapter.name}-", dir=build))
     out = scratch / f"{chapter.name}.ipynb"
-    old_env = {k: os.environ.get(k) for k in ("DPNB_RESULTS", "JUPYTER_PATH")}
+    old_env = {k: os.environ.get(k) for k in ("DPNB_RESULTS", "JUPYTER_PATH", "DPNB_CACHE")}
     os.environ["DPNB_RESULTS"] = str(scratch)
+    # Cached features (dpnb.features) live with the build unless the user chose a place.
+    os.environ["DPNB_CACHE"] = old_env["DPNB_CACHE"] or str(build / "cache")
     # Prefer the kernel installed in this environment over any user-wide "python3" kernel.
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
         p for p in (str(Path(sys.prefix) / "share" / "jupyter"), old_env["JUPYTER_PATH"]) if p)
