@@ -54,9 +54,9 @@ baseline_learning_rate = 0.1
 deep_learning_rate = 1.0  # the deeper head under DP
 stats_epsilons = [1.0, 3.0, 8.0]  # accuracy statistics grid
 stats_batch_sizes = [512, 2048]
-cost_batch_sizes = [8, 16, 32]  # time and memory of end-to-end ResNet-18 steps
+cost_batch_sizes = [8, 32]  # time and memory of end-to-end ResNet-18 steps
 cost_methods = ["non-private", "hooks", "ghost"]
-cost_steps = 2  # timed steps per method and batch size
+cost_steps = 3  # timed steps per method and batch size
 limit = None  # a seeded subset of each split (None: all images)
 profile = "book"
 
@@ -182,7 +182,7 @@ def make_head(kind: str) -> torch.nn.Module:
     if fd.deep_head is not None:
         import copy
         return torch.nn.Sequential(copy.deepcopy(fd.deep_head), torch.nn.Linear(512, 102))
-    return models.scatter_cnn(in_channels=fd.shape[0], num_classes=102, first_kernel=1)
+    return models.scatter_cnn(in_channels=fd.shape[0], num_classes=102, width=32, first_kernel=1)
 
 
 def run_head(kind: str, config: TrainConfig) -> dict:

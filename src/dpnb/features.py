@@ -21,7 +21,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -81,8 +83,10 @@ def imagenet_state_dict(name: str = "resnet18") -> dict[str, torch.Tensor]:
     if file.is_file():
         return torch.load(file, map_location="cpu", weights_only=True)
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
-                                                  weights_only=True)
+        # torch.hub announces "Downloading: ..." on stderr before trying; keep that for real downloads only
+        with contextlib.redirect_stderr(io.StringIO()):
+            return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
+                                                      weights_only=True)
     except Exception as e:  # URLError, HTTPError, ssl errors, hash mismatch ...
         raise WeightsUnavailable(
             f"backbone_weights='imagenet': {name} ImageNet weights are not in {file.parent} and could not be "
@@ -187,7 +191,7 @@ def extract(dataset: Dataset, extractor: Callable[[torch.Tensor], torch.Tensor],
         extractor = extractor.to(device).eval()
     feats, labels = [], []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    for x, y in tqdm(loader, desc=f"features {key}", disable=not progress):
+    for x, y in tqdm(loader, desc=f"features {key}", disable=not progress, mininterval=10):
         feats.append(extractor(x.to(device)).to("cpu", torch.float16))
         labels.append(torch.as_tensor(y))
     out = FeatureSet(torch.cat(feats), torch.cat(labels))
