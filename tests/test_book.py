@@ -151,13 +151,20 @@ def test_chapter_opens_from_disk(smoke_build: Path) -> None:
     assert not unexpected_errors(r)
 
 
-def test_bad_notebook_parameter_fails_in_the_first_cells(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chapter,parameters,message", [
+    ("mnist", {"batch_size": 0}, "batch_size must be an integer in [1, 60000], got 0"),
+    ("cifar10", {"epsilon": -1}, "epsilon must be > 0, got -1"),
+    ("cifar10", {"architectures": ["ReLU + BatchNorm"]}, "architectures must be one of"),
+    ("cifar10", {"scale_model": "vgg"}, "scale_model must be one of"),
+])
+def test_bad_notebook_parameter_fails_in_the_first_cells(tmp_path: Path, chapter: str, parameters: dict,
+                                                         message: str) -> None:
     import papermill as pm
 
     with pytest.raises(pm.PapermillExecutionError) as e:
-        pm.execute_notebook(str(ROOT / "nbs" / "mnist.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"batch_size": 0}, kernel_name="python3", progress_bar=False,
+        pm.execute_notebook(str(ROOT / "nbs" / f"{chapter}.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters=parameters, kernel_name="python3", progress_bar=False,
                             cwd=str(ROOT))
     assert e.value.ename == "ParameterError"
-    assert "batch_size must be an integer in [1, 60000], got 0" in e.value.evalue
+    assert message in e.value.evalue
     assert e.value.cell_index <= 4  # the validation cell, right after the parameters

@@ -169,3 +169,16 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     fresh = load_checkpoint(nn.Linear(6, 2), path)
     for a, b in zip(fresh.state_dict().values(), run.model._module.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_tensor_batches_are_gathered_at_once_and_equal_the_default_loader() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dpnb.train import _loader
+
+    ds = TensorDataset(torch.arange(50.0).reshape(25, 2), torch.arange(25))
+    fast = list(_loader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    slow = list(DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    assert len(fast) == len(slow) == 4
+    for (a, b), (c, d) in zip(fast, slow):
+        assert torch.equal(a, c) and torch.equal(b, d)

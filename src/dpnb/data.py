@@ -150,6 +150,50 @@ def mnist_tensors(name: str = "mnist", *, split: str = "train", root: str | os.P
     return TensorDataset(x, y)
 
 
+def cifar10_tensors(*, split: str = "train", root: str | os.PathLike[str] | None = None, limit: int | None = None,
+                    seed: int = 0, normalize: bool = True, progress: bool = True) -> TensorDataset:
+    """CIFAR-10 as float tensors (N, 3, 32, 32), optionally a seeded subset; ``normalize`` applies
+    the per-channel training-set statistics (:data:`NORMALIZATION`), else values are in [0, 1].
+
+    The decoded images are cached as uint8 under ``$DPNB_CACHE`` (see :mod:`dpnb.features`):
+    decoding 60,000 JPEGs once is enough.
+    """
+    from dpnb.features import cache_dir
+
+    split = check_choice("split", split, SPLITS["cifar10"])
+    path = cache_dir() / f"cifar10-{split}-uint8.pt"
+    if path.is_file():
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        x, y = d["images"], d["labels"]
+        if limit is not None:
+            idx = seeded_indices(len(y), check_int("limit", limit, low=1, high=len(y)), seed=seed)
+            x, y = x[idx], y[idx]
+    else:  # decode; a subset decodes only its own images and is not cached
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        ds = load_dataset("cifar10", split=split, root=root)
+        y = targets(ds).clone()
+        idx = (seeded_indices(len(y), check_int("limit", limit, low=1, high=len(y)), seed=seed)
+               if limit is not None else torch.arange(len(y)))
+        if hasattr(ds, "data"):  # python batches: already an array
+            x = torch.as_tensor(ds.data).permute(0, 3, 1, 2)[idx].contiguous()
+        else:
+            x = torch.stack([torch.as_tensor(np.asarray(ds.loader(ds.samples[i][0]).convert("RGB"))).permute(2, 0, 1)
+                             for i in tqdm(idx.tolist(), desc=f"decode cifar10 {split}", disable=not progress,
+                                           mininterval=10)])
+        y = y[idx]
+        if limit is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"images": x, "labels": y}, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+    xf = x.float().div_(255)
+    if normalize:
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION["cifar10"])
+        xf = (xf - mean) / std
+    return TensorDataset(xf, y)
+
+
 def seeded_indices(n: int, k: int, *, seed: int) -> torch.Tensor:
     """``k`` of ``range(n)`` chosen uniformly without replacement, reproducibly."""
     g = torch.Generator().manual_seed(seed)
@@ -168,5 +212,5 @@ def check_batch_size(batch_size: Any, *, dataset_size: int) -> int:
 
 
 __all__ = ["DATASETS", "SPLITS", "NUM_CLASSES", "CIFAR10_CLASSES", "NORMALIZATION", "DataUnavailable",
-           "data_root", "load_dataset", "targets", "mnist_tensors", "seeded_indices", "subset",
+           "data_root", "load_dataset", "targets", "mnist_tensors", "cifar10_tensors", "seeded_indices", "subset",
            "check_batch_size", "ParameterError"]

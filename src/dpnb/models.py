@@ -24,6 +24,11 @@ from dpnb.params import check_choice
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "selu": nn.SELU}
 
 
+def _functorch_batched(x: torch.Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)  # vmap or grad wrappers
+    return bool(check is not None and check(x))
+
+
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` computed in channels-last layout, returned in the usual layout.
 
@@ -33,6 +38,8 @@ class MaxPool2d(nn.MaxPool2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _functorch_batched(x):  # inside torch.func.vmap (dpnb.scale): no channels-last there
+            return super().forward(x)
         y = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
                          self.padding, self.dilation, ceil_mode=self.ceil_mode)
         return y.contiguous()
@@ -97,3 +104,59 @@ def out_of_place_residuals(model: nn.Module) -> nn.Module:
         if isinstance(m, BasicBlock):
             m.forward = types.MethodType(_basic_block_forward, m)  # type: ignore[method-assign]
     return model
+
+
+def cifar_cnn(*, activation: str = "tanh", norm: bool = True, pool_then_norm: bool = False, width: int = 32,
+              depth: int = 2, groups: int = 8, num_classes: int = 10) -> nn.Sequential:
+    """A small CIFAR-10 CNN with the SmoothNets knobs (Remerscheid et al. 2022): ``depth`` stages of
+    two 3x3 convolutions (``width * 2**stage`` channels), each followed by the activation and, with
+    ``norm``, GroupNorm; max-pooling closes a stage, before the last GroupNorm when
+    ``pool_then_norm``. Global average pooling and a linear classifier at the end."""
+    act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
+    layers: list[nn.Module] = []
+    c_in = 3
+    for stage in range(depth):
+        c = width * 2 ** stage
+        for i in range(2):
+            layers += [nn.Conv2d(c_in, c, kernel_size=3, padding=1), act()]
+            last = i == 1
+            if last and pool_then_norm:
+                layers.append(MaxPool2d(kernel_size=2, stride=2))
+            if norm:
+                layers.append(nn.GroupNorm(min(groups, c), c))
+            if last and not pool_then_norm:
+                layers.append(MaxPool2d(kernel_size=2, stride=2))
+            c_in = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation residual block of a wide ResNet, GroupNorm instead of BatchNorm."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, groups: int = 16) -> None:
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.n2, self.c2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.act = nn.ReLU()
+        self.short = (nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out
+                      else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.n1(x))
+        out = self.c1(h)
+        out = self.c2(self.act(self.n2(out)))
+        return out + (self.short(h) if not isinstance(self.short, nn.Identity) else x)
+
+
+def wide_resnet(*, depth: int = 16, width: int = 4, num_classes: int = 10) -> nn.Sequential:
+    """WRN-``depth``-``width`` (Zagoruyko & Komodakis 2016) with GroupNorm, as De et al. (2022) train
+    with DP-SGD (use :func:`dpnb.scale.standardize_weights` for their weight standardisation)."""
+    n = (depth - 4) // 6
+    chans = [16, 16 * width, 32 * width, 64 * width]
+    layers: list[nn.Module] = [nn.Conv2d(3, chans[0], 3, 1, 1, bias=False)]
+    for stage in range(3):
+        for i in range(n):
+            layers.append(_WideBlock(chans[stage] if i == 0 else chans[stage + 1], chans[stage + 1],
+                                     stride=(1 if stage == 0 or i > 0 else 2)))
+    return nn.Sequential(*layers, nn.GroupNorm(16, chans[3]), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(chans[3], num_classes))

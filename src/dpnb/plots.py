@@ -137,11 +137,11 @@ def cost_of_privacy(df: pd.DataFrame, *, per: str = "epoch") -> Figure:
     return fig
 
 
-def training_curves(df: pd.DataFrame) -> Figure:
+def training_curves(df: pd.DataFrame, *, title: str = "MNIST test accuracy during training") -> Figure:
     """Test accuracy against epoch, one line per run (``run`` column)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     sns.lineplot(data=df, x="epoch", y="test_accuracy", hue="run", marker="o", ax=ax)
-    ax.set(xlabel="epoch", ylabel="test accuracy", title="MNIST test accuracy during training")
+    ax.set(xlabel="epoch", ylabel="test accuracy", title=title)
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     fig.tight_layout()
     return fig
@@ -173,5 +173,38 @@ def accuracy_grid(df: pd.DataFrame, *, delta: float, accountant: str, baseline: 
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     axes[0].legend(title="batch size", fontsize=8)
     fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def variants_bar(df: pd.DataFrame, *, x: str, title: str) -> Figure:
+    """Test accuracy of each variant (one bar per value of ``x``), labelled with its value."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(df)), 4))
+    sns.barplot(data=df, x=x, y="test_accuracy", color="tab:blue", ax=ax)
+    for c in ax.containers:
+        ax.bar_label(c, labels=[f"{v:.1%}" for v in c.datavalues], fontsize=8)
+    ax.set(xlabel="", ylabel="test accuracy", title=title)
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.tick_params(axis="x", rotation=25)
+    plt.setp(ax.get_xticklabels(), ha="right")
+    fig.tight_layout()
+    return fig
+
+
+def cifar_overview(summary: pd.DataFrame, *, published: pd.DataFrame, delta: float) -> Figure:
+    """Every CIFAR-10 variant's test accuracy (private and non-private twins), with published points."""
+    df = summary.assign(run=summary["dp"].map({True: "DP-SGD", False: "non-private"}),
+                        label=summary["section"].str.split(" ", n=1).str[0] + ". " + summary["variant"]
+                        + summary["dataset"].str.contains("subset").map({True: " (subset)", False: ""}))
+    pub = published.assign(run="published", label="pub. " + published["model"] + ", ε = "
+                           + published["epsilon"].map("{:g}".format))
+    both = pd.concat([df[["label", "run", "test_accuracy"]], pub[["label", "run", "test_accuracy"]]])
+    fig, ax = plt.subplots(figsize=(8, 0.32 * both["label"].nunique() + 1.5))
+    sns.barplot(data=both, y="label", x="test_accuracy", hue="run", orient="h", ax=ax,
+                palette={"DP-SGD": "tab:blue", "non-private": "tab:grey", "published": "tab:orange"})
+    ax.set(ylabel="", xlabel="test accuracy",
+           title=f"CIFAR-10: every variant (DP runs at the chapter's ε, δ = {delta:g}, PRV)")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

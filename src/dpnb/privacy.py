@@ -36,6 +36,7 @@ References (keys of ``book/references.bib``):
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -350,6 +351,7 @@ def epsilon(
     raise ParameterError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
 
 
+@functools.lru_cache(maxsize=512)  # pure: runs that share (ε, q, steps, δ) calibrate once
 def calibrate_noise_multiplier(
     *,
     target_epsilon: float,

@@ -26,6 +26,15 @@ _ROWS = [
     ("mnist", "TF Privacy tutorial", "tfprivacy", "CNN", 7.10, 1e-5, "RDP, old conversion", 0.970),
     # Tramèr & Boneh 2021, Table 2: end-to-end tanh CNN, RDP.
     ("mnist", "Tramèr & Boneh 2021", "tramer2021differentially", "end-to-end CNN", 3.0, 1e-5, "RDP", 0.981),
+    # Tramèr & Boneh 2021, Table 2: CIFAR-10 at eps = 3.
+    ("cifar10", "Tramèr & Boneh 2021", "tramer2021differentially", "end-to-end CNN", 3.0, 1e-5, "RDP", 0.592),
+    ("cifar10", "Tramèr & Boneh 2021", "tramer2021differentially", "ScatterNet + linear", 3.0, 1e-5, "RDP", 0.670),
+    ("cifar10", "Tramèr & Boneh 2021", "tramer2021differentially", "ScatterNet + CNN", 3.0, 1e-5, "RDP", 0.693),
+    # De et al. 2022, Table 2 / Fig. 1: WRN-16-4, batch 4096, augmult 16, EMA, from scratch.
+    ("cifar10", "De et al. 2022", "de2022unlocking", "WRN-16-4", 1.0, 1e-5, "RDP", 0.568),
+    ("cifar10", "De et al. 2022", "de2022unlocking", "WRN-16-4", 2.0, 1e-5, "RDP", 0.659),
+    ("cifar10", "De et al. 2022", "de2022unlocking", "WRN-16-4", 4.0, 1e-5, "RDP", 0.735),
+    ("cifar10", "De et al. 2022", "de2022unlocking", "WRN-16-4", 8.0, 1e-5, "RDP", 0.795),
 ]
 COLUMNS = ["dataset", "source", "cite", "model", "epsilon", "delta", "accountant", "test_accuracy"]
 
