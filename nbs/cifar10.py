@@ -294,8 +294,9 @@ display(Markdown(
 # using large batches and three techniques (`dpnb.scale`):
 #
 # * **augmentation multiplicity** `K`: each sampled example is augmented `K` times (random crop and
-#   flip), its gradient is averaged over the views and *then* clipped, so each example still adds
-#   one clipped gradient of norm ≤ C: the sampling rate, the steps and σ are unchanged, and so is ε
+#   flip), its gradient is averaged over the views and *then* clipped,
+#   $\bar g_i = \mathrm{clip}_C\big(\tfrac1K \sum_{k=1}^{K} \nabla \ell(\theta; \mathrm{aug}_k(x_i), y_i)\big)$,
+#   so each example still adds one clipped gradient of norm ≤ $C$: the sampling rate, the steps and σ are unchanged, and so is ε
 #   (`scale.clipped_gradient_sum`; tested in `tests/test_scale.py`);
 # * **parameter averaging**: an exponential moving average of the iterates (post-processing);
 # * **weight standardisation** {cite:p}`qiao2019weight` of the convolutions, with GroupNorm.
