@@ -134,8 +134,10 @@ def targets(ds: Dataset) -> torch.Tensor:
 
 
 def mnist_tensors(name: str = "mnist", *, split: str = "train", root: str | os.PathLike[str] | None = None,
-                  limit: int | None = None, seed: int = 0) -> TensorDataset:
+                  limit: int | None = None, seed: int = 0, normalize: bool = True) -> TensorDataset:
     """MNIST or Fashion-MNIST as normalised float tensors (N, 1, 28, 28), optionally a seeded subset.
+
+    ``normalize=False`` keeps pixels in [0, 1] (what the generative models produce).
 
     Holding the 60,000 images as one tensor (188 MB) avoids decoding PIL images in every epoch.
     """
@@ -145,8 +147,10 @@ def mnist_tensors(name: str = "mnist", *, split: str = "train", root: str | os.P
     if limit is not None:
         idx = seeded_indices(len(y), check_int("limit", limit, low=1, high=len(y)), seed=seed)
         x, y = x[idx], y[idx]
-    mean, std = NORMALIZATION[name]
-    x = (x.float().div_(255).unsqueeze(1) - mean[0]) / std[0]
+    x = x.float().div_(255).unsqueeze(1)
+    if normalize:
+        mean, std = NORMALIZATION[name]
+        x = (x - mean[0]) / std[0]
     return TensorDataset(x, y)
 
 

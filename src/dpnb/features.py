@@ -74,24 +74,33 @@ def scatternet(*, J: int, shape: tuple[int, int], channels: int = 3, L: int = 8)
     return ScatterNet(J=J, shape=shape, channels=channels, L=L)
 
 
-def imagenet_state_dict(name: str = "resnet18") -> dict[str, torch.Tensor]:
-    """The torchvision ImageNet weights of ``name`` from ``$TORCH_HOME/hub/checkpoints`` or the internet."""
-    from torchvision.models import get_model_weights
+def hub_state_dict(url: str, *, what: str, fallback: str) -> dict[str, torch.Tensor]:
+    """The state dict at ``url`` from ``$TORCH_HOME/hub/checkpoints`` or a download, else :class:`WeightsUnavailable`.
 
-    url = get_model_weights(name).DEFAULT.url
+    ``what`` names the weights and ``fallback`` says what the reader can do instead, both for
+    the one-line error.
+    """
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if file.is_file():
         return torch.load(file, map_location="cpu", weights_only=True)
     try:
-        # torch.hub announces "Downloading: ..." on stderr before trying; keep that for real downloads only
-        with contextlib.redirect_stderr(io.StringIO()):
+        # torch.hub announces "Downloading: ..." (on stdout) before trying; keep that for real downloads only
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
                                                       weights_only=True)
     except Exception as e:  # URLError, HTTPError, ssl errors, hash mismatch ...
         raise WeightsUnavailable(
-            f"backbone_weights='imagenet': {name} ImageNet weights are not in {file.parent} and could not be "
-            f"downloaded ({type(e).__name__}); put {file.name} there (or set TORCH_HOME), "
-            "or use backbone_weights='none'") from None
+            f"{what} are not in {file.parent} and could not be downloaded ({type(e).__name__}); "
+            f"put {file.name} there (or set TORCH_HOME), {fallback}") from None
+
+
+def imagenet_state_dict(name: str = "resnet18") -> dict[str, torch.Tensor]:
+    """The torchvision ImageNet weights of ``name`` from ``$TORCH_HOME/hub/checkpoints`` or the internet."""
+    from torchvision.models import get_model_weights
+
+    return hub_state_dict(get_model_weights(name).DEFAULT.url,
+                          what=f"backbone_weights='imagenet': {name} ImageNet weights",
+                          fallback="or use backbone_weights='none'")
 
 
 def imagenet_weights_available(name: str = "resnet18") -> bool:

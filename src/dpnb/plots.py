@@ -208,3 +208,41 @@ def cifar_overview(summary: pd.DataFrame, *, published: pd.DataFrame, delta: flo
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def sample_grid(images: object, labels: object, *, per_class: int = 8, title: str) -> Figure:
+    """Generated images in a grid: one row per class (label on the left), ``per_class`` samples each."""
+    import torch
+
+    x, y = torch.as_tensor(images), torch.as_tensor(labels)
+    classes = sorted(set(y.tolist()))
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(0.6 * per_class + 0.6, 0.6 * len(classes) + 0.6),
+                             squeeze=False)
+    for r, c in enumerate(classes):
+        imgs = x[y == c][:per_class]
+        for j, ax in enumerate(axes[r]):
+            if j < len(imgs):
+                ax.imshow(imgs[j].squeeze(0).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.grid(False)
+        axes[r][0].set_ylabel(str(c), rotation=0, labelpad=10, va="center")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def generator_scores(df: pd.DataFrame, *, fid_name: str, title: str) -> Figure:
+    """FID (lower is better), IS and downstream CNN accuracy of each generator (rows of ``df``: ``label``,
+    ``fid``, ``inception_score``, ``CNN``); ``fid_name`` says which FID it is."""
+    cols = [("fid", fid_name + " (lower is better)"), ("inception_score", "Inception Score (judge CNN)"),
+            ("CNN", "downstream CNN accuracy on real test")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(df) + 1.8), sharey=True)
+    for ax, (col, label) in zip(axes, cols):
+        sns.barplot(data=df, y="label", x=col, color="tab:blue", orient="h", ax=ax)
+        for c in ax.containers:
+            ax.bar_label(c, labels=[f"{v:.1%}" if col == "CNN" else f"{v:.1f}" for v in c.datavalues], fontsize=8)
+        ax.set(xlabel=label, ylabel="")
+    axes[2].xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

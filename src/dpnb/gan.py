@@ -1,0 +1,351 @@
+"""DP-GAN: a class-conditional GAN whose discriminator is trained with DP-SGD.
+
+Only the discriminator D sees real (private) images. The generator G learns from D's scores of
+generated images alone, so G's updates are post-processing of D's DP-SGD iterates (Xie et al.
+2018, "Differentially private GAN"; Torkzadehmahani et al. 2019, DP-CGAN). The privacy cost is
+that of D's steps: the sampled Gaussian mechanism with Poisson rate ``sample_rate = B / N``,
+composed over D's steps (:mod:`dpnb.privacy`).
+
+One D step (:func:`discriminator_step`): each real example ``(x_i, y_i)`` of the Poisson batch
+is paired with one fresh fake ``G(z_i, y_i)``. The pair's whole loss gets one per-example gradient
+(``torch.func.vmap`` over ``torch.func.grad``), clipped to ``max_grad_norm``:
+
+* ``"gan"``: softplus(-D(x_i)) + softplus(D(fake_i)), the non-saturating GAN (Goodfellow et al. 2014);
+* ``"wgan"``: D(fake_i) - D(x_i), with D's weights clipped to [-0.01, 0.01] after each step
+  (Arjovsky et al. 2017, Alg. 1; clipping weights is post-processing);
+* ``"wgan-gp"``: the WGAN loss plus ``gp_weight * (|grad_x D(x_hat_i)| - 1)^2`` at
+  ``x_hat_i = t x_i + (1 - t) fake_i`` (Gulrajani et al. 2017, Alg. 1), plus 0.001 D(x_i)^2 (the
+  "epsilon penalty" of Karras et al. 2018 that GS-WGAN also uses). The penalty reads the private
+  x_i. Here it is computed inside example i's loss, so it is inside the clipped per-example
+  gradient. Adding it to the batch loss after clipping would leave its gradient unbounded.
+
+Removing one real example removes one clipped pair gradient, so the sensitivity is
+``max_grad_norm`` as in DP-SGD (add/remove adjacency), and Gaussian noise of std
+``noise_multiplier * max_grad_norm`` is added to the sum, divided by the expected batch size.
+
+Example::
+
+    >>> import torch
+    >>> G, D = Generator(z_dim=8, width=8), Discriminator(width=8)
+    >>> x = G(torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))
+    >>> x.shape, bool(x.min() >= 0), D(x, torch.tensor([0, 1, 2, 3])).shape
+    (torch.Size([4, 1, 28, 28]), True, torch.Size([4]))
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils.data import TensorDataset
+
+from dpnb import privacy
+from dpnb.params import ParameterError, check_choice, check_int, check_number
+
+LOSSES = ("gan", "wgan", "wgan-gp")
+WGAN_WEIGHT_CLIP = 0.01
+
+
+class Generator(nn.Module):
+    """Class-conditional DCGAN-style generator for 28x28 images in [0, 1].
+
+    (z, label embedding) -> 7x7 maps -> transposed convolutions to 14x14 and 28x28, sigmoid output.
+    GroupNorm, not BatchNorm, so that no statistic mixes the samples of a batch (GS-WGAN
+    sanitises each sample's gradient separately).
+    """
+
+    def __init__(self, *, z_dim: int = 32, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.z_dim, self.num_classes = z_dim, num_classes
+        self.embed = nn.Embedding(num_classes, z_dim)
+        self.fc = nn.Sequential(nn.Linear(2 * z_dim, 2 * width * 7 * 7), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (2 * width, 7, 7)),
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+            nn.GroupNorm(min(8, width), width), nn.ReLU(),
+            nn.ConvTranspose2d(width, 1, 4, stride=2, padding=1), nn.Sigmoid(),
+        )
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(torch.cat([z, self.embed(y)], 1)))
+
+
+class Discriminator(nn.Module):
+    """Projection discriminator (Miyato & Koyama 2018) with two strided convolutions, LeakyReLU, no norm.
+
+    ``D(x, y) = w . h(x) + embed(y) . h(x)``; no BatchNorm (it would mix examples, which DP-SGD
+    and the gradient penalty both forbid), no in-place activations (Opacus/torch.func friendly).
+    """
+
+    def __init__(self, *, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        dim = 2 * width * 7 * 7
+        self.out = nn.Linear(dim, 1)
+        self.embed = nn.Embedding(num_classes, dim)
+        nn.init.normal_(self.embed.weight, std=0.01)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)
+
+
+def pair_loss(D: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+              fake: torch.Tensor, t: torch.Tensor, *, loss: str, gp_weight: float = 10.0) -> torch.Tensor:
+    """Discriminator loss of one (real, fake) pair, unbatched: ``x`` and ``fake`` are (C, H, W), ``y`` a scalar.
+
+    See the module docstring for the three losses; ``t`` in [0, 1] places the gradient-penalty point.
+    """
+    def d(img: torch.Tensor) -> torch.Tensor:
+        return functional_call(D, params, (img[None], y[None]))[0]
+
+    d_real, d_fake = d(x), d(fake)
+    if loss == "gan":
+        return F.softplus(-d_real) + F.softplus(d_fake)
+    out = d_fake - d_real
+    if loss == "wgan-gp":
+        x_hat = t * x + (1 - t) * fake
+        g = grad(d)(x_hat)
+        out = out + gp_weight * (torch.sqrt((g ** 2).sum() + 1e-12) - 1) ** 2 + 1e-3 * d_real ** 2
+    return out
+
+
+def per_example_gradients(D: nn.Module, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, t: torch.Tensor,
+                          *, loss: str, gp_weight: float = 10.0) -> dict[str, torch.Tensor]:
+    """``{name: (B, *param.shape)}``: the gradient of each pair's :func:`pair_loss`, one row per real example."""
+    params = {k: v.detach() for k, v in D.named_parameters()}
+
+    def f(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor, fi: torch.Tensor,
+          ti: torch.Tensor) -> torch.Tensor:
+        return pair_loss(D, p, xi, yi, fi, ti, loss=loss, gp_weight=gp_weight)
+
+    return vmap(grad(f), in_dims=(None, 0, 0, 0, 0))(params, x, y, fake, t)
+
+
+def clip_and_noise(grads: dict[str, torch.Tensor], *, max_grad_norm: float, noise_multiplier: float,
+                   expected_batch_size: float, generator: torch.Generator | None = None
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """DP-SGD's aggregation (Abadi et al. 2016, Alg. 1): clip each row to ``max_grad_norm``, sum,
+    add N(0, (noise_multiplier * max_grad_norm)^2) per coordinate, divide by the expected batch size.
+
+    Returns the noisy mean gradient and the per-example norms before clipping.
+    """
+    norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()))  # type: ignore[arg-type]
+    scale = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    out = {}
+    for k, g in grads.items():
+        s = torch.einsum("b,b...->...", scale, g)
+        noise = torch.randn(s.shape, generator=generator, device=s.device) if noise_multiplier > 0 else 0.0
+        out[k] = (s + noise_multiplier * max_grad_norm * noise) / expected_batch_size
+    return out, norms
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Hyper-parameters of a DP-GAN run; ``steps`` counts discriminator steps (the private ones)."""
+
+    loss: str = "gan"
+    steps: int = 1000
+    batch_size: int = 128  # expected real examples per D step (Poisson sampling when dp=True)
+    generator_every: int = 1  # one G step after this many D steps (WGAN: n_critic)
+    lr_d: float = 2e-4
+    lr_g: float = 2e-4
+    dp: bool = True
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "prv"
+    gp_weight: float = 10.0
+    z_dim: int = 32
+    width: int = 32
+    ema_decay: float = 0.99  # the samples come from an exponential moving average of G (post-processing)
+    seed: int = 0
+    log_every: int = 50
+
+    def validated(self, dataset_size: int) -> "GANConfig":
+        check_choice("loss", self.loss, LOSSES)
+        check_int("steps", self.steps, low=1)
+        check_int("batch_size", self.batch_size, low=1, high=dataset_size)
+        check_int("generator_every", self.generator_every, low=1, high=self.steps)
+        check_number("lr_d", self.lr_d, low=0, low_open=True)
+        check_number("lr_g", self.lr_g, low=0, low_open=True)
+        check_number("max_grad_norm", self.max_grad_norm, low=0, low_open=True)
+        check_number("delta", self.delta, low=0, high=1, low_open=True, high_open=True)
+        check_choice("accountant", self.accountant, privacy.ACCOUNTANTS)
+        check_number("gp_weight", self.gp_weight, low=0)
+        check_int("z_dim", self.z_dim, low=1)
+        check_int("width", self.width, low=1)
+        check_number("ema_decay", self.ema_decay, low=0, high=1, high_open=True)
+        check_int("log_every", self.log_every, low=1)
+        if self.dp:
+            if (self.noise_multiplier is None) == (self.target_epsilon is None):
+                raise ParameterError("with dp=True give exactly one of noise_multiplier and target_epsilon")
+            if self.noise_multiplier is not None:
+                check_number("noise_multiplier", self.noise_multiplier, low=0, low_open=True)
+            else:
+                check_number("target_epsilon", self.target_epsilon, low=0, low_open=True)
+        return self
+
+
+@dataclass
+class GANResult:
+    generator: nn.Module  # the EMA generator: what is released and sampled
+    discriminator: nn.Module
+    config: GANConfig
+    history: pd.DataFrame
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    steps: int = 0
+    epsilon: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        c = self.config
+        return dict(loss=c.loss, dp=c.dp, steps=self.steps, batch_size=c.batch_size,
+                    noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                    max_grad_norm=c.max_grad_norm if c.dp else None, delta=c.delta if c.dp else None,
+                    epsilon=self.epsilon.get(c.accountant), epsilon_prv=self.epsilon.get("prv"),
+                    epsilon_rdp=self.epsilon.get("rdp"), seconds=self.seconds)
+
+
+def discriminator_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                       config: GANConfig, sigma: float, expected_batch_size: float,
+                       generator: torch.Generator, want_loss: bool = True) -> float:
+    """One (DP-)SGD step of D on the real batch ``(x, y)`` paired with fresh fakes.
+
+    Returns the mean pair loss before the step (for DP runs only when ``want_loss``, else NaN:
+    it costs an extra forward pass; it is a diagnostic computed on private data and is not released).
+    """
+    n = len(y)
+    with torch.no_grad():
+        fake = G(torch.randn(n, config.z_dim, generator=generator), y)
+    t = torch.rand(n, 1, 1, 1, generator=generator)
+    params = dict(D.named_parameters())
+    if config.dp:
+        if n:
+            grads = per_example_gradients(D, x, y, fake, t, loss=config.loss, gp_weight=config.gp_weight)
+        else:  # an empty Poisson batch is still a step: the noise alone
+            grads = {k: torch.zeros((0, *p.shape)) for k, p in params.items()}
+        noisy, _ = clip_and_noise(grads, max_grad_norm=config.max_grad_norm, noise_multiplier=sigma,
+                                  expected_batch_size=expected_batch_size, generator=generator)
+        for k, p in params.items():
+            p.grad = noisy[k]
+        with torch.no_grad():
+            loss_value = float(vmap(lambda *a: pair_loss(D, {k: v.detach() for k, v in params.items()}, *a,
+                                                         loss="gan" if config.loss == "gan" else "wgan"))(
+                x, y, fake, t).mean()) if n and want_loss else float("nan")
+    else:
+        losses = vmap(lambda *a: pair_loss(D, params, *a, loss=config.loss, gp_weight=config.gp_weight))(x, y, fake, t)
+        opt.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        loss_value = float(losses.detach().mean())
+    opt.step()
+    if config.loss == "wgan":
+        with torch.no_grad():
+            for p in D.parameters():
+                p.clamp_(-WGAN_WEIGHT_CLIP, WGAN_WEIGHT_CLIP)
+    return loss_value
+
+
+def generator_loss(D: nn.Module, fake: torch.Tensor, y: torch.Tensor, *, loss: str) -> torch.Tensor:
+    """Non-saturating ``softplus(-D)`` for the GAN, ``-D`` for the WGANs; a mean over the batch."""
+    s = D(fake, y)
+    return F.softplus(-s).mean() if loss == "gan" else -s.mean()
+
+
+def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) -> GANResult:
+    """Train a conditional GAN on ``data`` (images in [0, 1], integer labels); D with DP-SGD when ``config.dp``.
+
+    Real batches are Poisson samples of rate ``batch_size / N`` when ``dp`` (what the accountant
+    assumes), shuffled fixed-size batches otherwise. σ is ``noise_multiplier`` or calibrated to
+    ``target_epsilon`` for ``steps`` D steps with ``accountant``.
+    """
+    from tqdm.auto import tqdm
+
+    from dpnb.scale import EMA
+
+    x_all, y_all = data.tensors
+    N = len(y_all)
+    config = config.validated(N)
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    num_classes = int(y_all.max()) + 1
+    G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width)
+    D = Discriminator(num_classes=num_classes, width=config.width)
+    ema = EMA(G, decay=config.ema_decay)
+    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(0.5, 0.9))
+    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(0.5, 0.9))
+    q = config.batch_size / N
+    sigma = 0.0
+    if config.dp:
+        sigma = (float(config.noise_multiplier) if config.noise_multiplier is not None else
+                 privacy.calibrate_noise_multiplier(target_epsilon=float(config.target_epsilon),  # type: ignore[arg-type]
+                                                    sample_rate=q, steps=config.steps, delta=config.delta,
+                                                    accountant=config.accountant))  # type: ignore[arg-type]
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    perm = torch.randperm(N, generator=g)
+    pos = 0
+    d_losses: list[float] = []
+    g_loss = math.nan
+    for step in tqdm(range(1, config.steps + 1), desc=f"{config.loss} {'DP' if config.dp else 'non-private'}",
+                     disable=not progress, mininterval=5):
+        if config.dp:
+            idx = torch.nonzero(torch.rand(N, generator=g) < q).squeeze(1)  # Poisson sampling
+        else:
+            if pos + config.batch_size > N:
+                perm, pos = torch.randperm(N, generator=g), 0
+            idx, pos = perm[pos:pos + config.batch_size], pos + config.batch_size
+        d_losses.append(discriminator_step(D, G, opt_d, x_all[idx], y_all[idx], config=config, sigma=sigma,
+                                           expected_batch_size=config.batch_size, generator=g,
+                                           want_loss=step % config.log_every == 0))
+        if step % config.generator_every == 0:
+            for p in D.parameters():
+                p.requires_grad_(False)
+            y = torch.randint(0, num_classes, (config.batch_size,), generator=g)
+            fake = G(torch.randn(config.batch_size, config.z_dim, generator=g), y)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g = generator_loss(D, fake, y, loss=config.loss)
+            loss_g.backward()
+            opt_g.step()
+            ema.update(G)
+            g_loss = float(loss_g.detach())
+            for p in D.parameters():
+                p.requires_grad_(True)
+        if step % config.log_every == 0 or step == config.steps:
+            rows.append(dict(step=step, d_loss=float(pd.Series(d_losses).mean()), g_loss=g_loss,  # NaNs skipped
+                             seconds=time.perf_counter() - t0))
+            d_losses = []
+    eps: dict[str, float] = {}
+    if config.dp:
+        eps = {"prv": privacy.prv_epsilon(noise_multiplier=sigma, sample_rate=q, steps=config.steps,
+                                          delta=config.delta),
+               "rdp": privacy.rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=config.steps,
+                                          delta=config.delta)[0]}
+    history = pd.DataFrame(rows).assign(loss=config.loss, dp=config.dp)
+    return GANResult(generator=ema.average, discriminator=D, config=config, history=history,
+                     noise_multiplier=sigma if config.dp else None, sample_rate=q if config.dp else None,
+                     steps=config.steps, epsilon=eps, seconds=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def sample(G: nn.Module, *, n: int, num_classes: int = 10, seed: int = 0) -> TensorDataset:
+    """``n`` labelled samples from ``G``, classes in equal shares (labels cycle 0, 1, ..., 9, 0, ...)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(check_int("n", n, low=1)) % num_classes
+    z_dim = G.z_dim  # type: ignore[attr-defined]
+    G.eval()
+    x = torch.cat([G(torch.randn(len(b), z_dim, generator=g), b) for b in y.split(1000)])
+    return TensorDataset(x, y)
