@@ -156,6 +156,10 @@ def test_chapter_opens_from_disk(smoke_build: Path) -> None:
     ("cifar10", {"epsilon": -1}, "epsilon must be > 0, got -1"),
     ("cifar10", {"architectures": ["ReLU + BatchNorm"]}, "architectures must be one of"),
     ("cifar10", {"scale_model": "vgg"}, "scale_model must be one of"),
+    ("dpgan", {"loss": "hinge"}, "loss must be one of"),
+    ("dpgan", {"epsilons": [10.0, 0]}, "epsilons must be > 0, got 0"),
+    ("gswgan", {"num_discriminators": 1}, "num_discriminators must be an integer in [2, 30000], got 1"),
+    ("gswgan", {"fid_features": "vgg"}, "fid_features must be one of"),
 ])
 def test_bad_notebook_parameter_fails_in_the_first_cells(tmp_path: Path, chapter: str, parameters: dict,
                                                          message: str) -> None:
