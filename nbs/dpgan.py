@@ -59,6 +59,7 @@ downstream_models = ["logistic regression", "MLP", "random forest", "CNN"]
 downstream_cnn_epochs = 3
 limit = None  # a seeded subset of the training set (None: all 60,000 images)
 seed = 0
+device = "auto"  # auto (CUDA when present), cpu or cuda
 profile = "book"
 
 # %% [markdown]
@@ -74,6 +75,7 @@ from IPython.display import Markdown, display
 from dpnb import data, gan, metrics, plots
 from dpnb.params import check_choice, check_int, check_number
 from dpnb.results import Results
+from dpnb.train import select_device
 
 limit = None if limit is None else check_int("limit", limit, low=200, high=60_000)
 n_train = limit or 60_000
@@ -99,6 +101,7 @@ downstream_models = tuple(check_choice("downstream_models", m, metrics.DOWNSTREA
 downstream_cnn_epochs = check_int("downstream_cnn_epochs", downstream_cnn_epochs, low=1)
 seed = check_int("seed", seed, low=0)
 profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
+device = select_device(device).type  # device cuda without CUDA stops here
 torch.manual_seed(seed)
 results = Results(chapter="dpgan", profile=profile)
 
@@ -144,7 +147,8 @@ display(pd.DataFrame([real]).style.format("{:.3f}").set_caption(
 def run(loss_name: str, *, dp: bool, target_epsilon: float | None, n_steps: int) -> dict:
     cfg = gan.GANConfig(loss=loss_name, steps=n_steps, batch_size=batch_size if dp else 64,
                         generator_every=1, lr_d=lr_d, lr_g=lr_g, dp=dp, target_epsilon=target_epsilon,
-                        max_grad_norm=max_grad_norm, delta=delta, z_dim=z_dim, width=width, seed=seed)
+                        max_grad_norm=max_grad_norm, delta=delta, z_dim=z_dim, width=width, seed=seed,
+                        device=device)
     res = gan.train_gan(train_set, cfg)
     synth = gan.sample(res.generator, n=samples, seed=seed)
     t = time.perf_counter()

@@ -53,6 +53,7 @@ downstream_models = ["logistic regression", "MLP", "random forest", "CNN"]
 downstream_cnn_epochs = 3
 limit = None
 seed = 0
+device = "auto"  # auto (CUDA when present), cpu or cuda
 profile = "book"
 
 # %% [markdown]
@@ -68,6 +69,7 @@ from IPython.display import Markdown, display
 from dpnb import data, gan, gswgan, metrics, plots, privacy
 from dpnb.params import check_choice, check_int, check_number
 from dpnb.results import Results
+from dpnb.train import select_device
 
 limit = None if limit is None else check_int("limit", limit, low=200, high=60_000)
 n_train = limit or 60_000
@@ -95,6 +97,7 @@ downstream_models = tuple(check_choice("downstream_models", m, metrics.DOWNSTREA
 downstream_cnn_epochs = check_int("downstream_cnn_epochs", downstream_cnn_epochs, low=1)
 seed = check_int("seed", seed, low=0)
 profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
+device = select_device(device).type  # device cuda without CUDA stops here
 torch.manual_seed(seed)
 results = Results(chapter="gswgan", profile=profile)
 
@@ -162,7 +165,7 @@ print(f"judge CNN test accuracy {judge.test_accuracy:.2%}; FID features: {judge.
 config = gswgan.GSWGANConfig(num_discriminators=num_discriminators, pretrain_steps=pretrain_steps,
                              iterations=iterations, critic_iters=critic_iters, batch_size=batch_size, dp=True,
                              noise_multiplier=sigma, max_grad_norm=max_grad_norm, delta=delta, lr=lr,
-                             z_dim=z_dim, width=width, seed=seed)
+                             z_dim=z_dim, width=width, seed=seed, device=device)
 t0 = time.perf_counter()
 warm = gswgan.pretrain_discriminators(train_set, config.validated(len(train_set)))
 warm_seconds = time.perf_counter() - t0

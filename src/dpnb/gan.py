@@ -48,6 +48,7 @@ from torch.utils.data import TensorDataset
 
 from dpnb import privacy
 from dpnb.params import ParameterError, check_choice, check_int, check_number
+from dpnb.train import select_device
 
 LOSSES = ("gan", "wgan", "wgan-gp")
 WGAN_WEIGHT_CLIP = 0.01
@@ -146,7 +147,7 @@ def clip_and_noise(grads: dict[str, torch.Tensor], *, max_grad_norm: float, nois
     out = {}
     for k, g in grads.items():
         s = torch.einsum("b,b...->...", scale, g)
-        noise = torch.randn(s.shape, generator=generator, device=s.device) if noise_multiplier > 0 else 0.0
+        noise = torch.randn(s.shape, generator=generator).to(s.device) if noise_multiplier > 0 else 0.0
         out[k] = (s + noise_multiplier * max_grad_norm * noise) / expected_batch_size
     return out, norms
 
@@ -173,6 +174,7 @@ class GANConfig:
     ema_decay: float = 0.99  # the samples come from an exponential moving average of G (post-processing)
     seed: int = 0
     log_every: int = 50
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
 
     def validated(self, dataset_size: int) -> "GANConfig":
         check_choice("loss", self.loss, LOSSES)
@@ -189,6 +191,7 @@ class GANConfig:
         check_int("width", self.width, low=1)
         check_number("ema_decay", self.ema_decay, low=0, high=1, high_open=True)
         check_int("log_every", self.log_every, low=1)
+        select_device(self.device)
         if self.dp:
             if (self.noise_multiplier is None) == (self.target_epsilon is None):
                 raise ParameterError("with dp=True give exactly one of noise_multiplier and target_epsilon")
@@ -228,16 +231,16 @@ def discriminator_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x
     Returns the mean pair loss before the step (for DP runs only when ``want_loss``, else NaN:
     it costs an extra forward pass; it is a diagnostic computed on private data and is not released).
     """
-    n = len(y)
+    n, dev = len(y), y.device
     with torch.no_grad():
-        fake = G(torch.randn(n, config.z_dim, generator=generator), y)
-    t = torch.rand(n, 1, 1, 1, generator=generator)
+        fake = G(torch.randn(n, config.z_dim, generator=generator).to(dev), y)
+    t = torch.rand(n, 1, 1, 1, generator=generator).to(dev)
     params = dict(D.named_parameters())
     if config.dp:
         if n:
             grads = per_example_gradients(D, x, y, fake, t, loss=config.loss, gp_weight=config.gp_weight)
         else:  # an empty Poisson batch is still a step: the noise alone
-            grads = {k: torch.zeros((0, *p.shape)) for k, p in params.items()}
+            grads = {k: torch.zeros((0, *p.shape), device=dev) for k, p in params.items()}
         noisy, _ = clip_and_noise(grads, max_grad_norm=config.max_grad_norm, noise_multiplier=sigma,
                                   expected_batch_size=expected_batch_size, generator=generator)
         for k, p in params.items():
@@ -279,11 +282,13 @@ def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) 
     x_all, y_all = data.tensors
     N = len(y_all)
     config = config.validated(N)
+    device = select_device(config.device)
+    x_all, y_all = x_all.to(device), y_all.to(device)
     torch.manual_seed(config.seed)
-    g = torch.Generator().manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draws on every device
     num_classes = int(y_all.max()) + 1
-    G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width)
-    D = Discriminator(num_classes=num_classes, width=config.width)
+    G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
+    D = Discriminator(num_classes=num_classes, width=config.width).to(device)
     ema = EMA(G, decay=config.ema_decay)
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(0.5, 0.9))
     opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(0.5, 0.9))
@@ -303,19 +308,19 @@ def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) 
     for step in tqdm(range(1, config.steps + 1), desc=f"{config.loss} {'DP' if config.dp else 'non-private'}",
                      disable=not progress, mininterval=5):
         if config.dp:
-            idx = torch.nonzero(torch.rand(N, generator=g) < q).squeeze(1)  # Poisson sampling
+            idx = torch.nonzero(torch.rand(N, generator=g) < q).squeeze(1).to(device)  # Poisson sampling
         else:
             if pos + config.batch_size > N:
                 perm, pos = torch.randperm(N, generator=g), 0
-            idx, pos = perm[pos:pos + config.batch_size], pos + config.batch_size
+            idx, pos = perm[pos:pos + config.batch_size].to(device), pos + config.batch_size
         d_losses.append(discriminator_step(D, G, opt_d, x_all[idx], y_all[idx], config=config, sigma=sigma,
                                            expected_batch_size=config.batch_size, generator=g,
                                            want_loss=step % config.log_every == 0))
         if step % config.generator_every == 0:
             for p in D.parameters():
                 p.requires_grad_(False)
-            y = torch.randint(0, num_classes, (config.batch_size,), generator=g)
-            fake = G(torch.randn(config.batch_size, config.z_dim, generator=g), y)
+            y = torch.randint(0, num_classes, (config.batch_size,), generator=g).to(device)
+            fake = G(torch.randn(config.batch_size, config.z_dim, generator=g).to(device), y)
             opt_g.zero_grad(set_to_none=True)
             loss_g = generator_loss(D, fake, y, loss=config.loss)
             loss_g.backward()
@@ -335,7 +340,7 @@ def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) 
                "rdp": privacy.rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=config.steps,
                                           delta=config.delta)[0]}
     history = pd.DataFrame(rows).assign(loss=config.loss, dp=config.dp)
-    return GANResult(generator=ema.average, discriminator=D, config=config, history=history,
+    return GANResult(generator=ema.average.cpu(), discriminator=D.cpu(), config=config, history=history,
                      noise_multiplier=sigma if config.dp else None, sample_rate=q if config.dp else None,
                      steps=config.steps, epsilon=eps, seconds=time.perf_counter() - t0)
 

@@ -52,6 +52,7 @@ from torch.utils.data import TensorDataset
 from dpnb import privacy
 from dpnb.gan import Discriminator, Generator, pair_loss
 from dpnb.params import ParameterError, check_int, check_number
+from dpnb.train import select_device
 
 SENSITIVITY = 2.0  # replace-one: two clipped vectors differ by at most 2C
 
@@ -69,7 +70,7 @@ class _Sanitize(torch.autograd.Function):
         norms = g.norm(dim=1, keepdim=True)
         g = g * (ctx.max_grad_norm / (norms + 1e-12)).clamp(max=1.0)
         if ctx.noise_multiplier > 0:
-            noise = torch.randn(g.shape, generator=ctx.generator, device=g.device)
+            noise = torch.randn(g.shape, generator=ctx.generator).to(g.device)
             g = g + SENSITIVITY * ctx.max_grad_norm * ctx.noise_multiplier * noise
         return g.view_as(grad_out), None, None, None
 
@@ -147,6 +148,7 @@ class GSWGANConfig:
     ema_decay: float = 0.99  # paper: 0.999 over 20,000 iterations
     seed: int = 0
     log_every: int = 50
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
 
     def validated(self, dataset_size: int) -> "GSWGANConfig":
         K = check_int("num_discriminators", self.num_discriminators, low=2, high=dataset_size // 2)
@@ -160,6 +162,7 @@ class GSWGANConfig:
         check_number("lr", self.lr, low=0, low_open=True)
         check_number("ema_decay", self.ema_decay, low=0, high=1, high_open=True)
         check_int("log_every", self.log_every, low=1)
+        select_device(self.device)
         if self.dp:
             if (self.noise_multiplier is None) == (self.target_epsilon is None):
                 raise ParameterError("with dp=True give exactly one of noise_multiplier and target_epsilon")
@@ -196,8 +199,8 @@ def _critic_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x: torc
     from torch.func import vmap
 
     with torch.no_grad():
-        fake = G(torch.randn(len(y), config.z_dim, generator=generator), y)
-    t = torch.rand(len(y), 1, 1, 1, generator=generator)
+        fake = G(torch.randn(len(y), config.z_dim, generator=generator).to(y.device), y)
+    t = torch.rand(len(y), 1, 1, 1, generator=generator).to(y.device)
     params = dict(D.named_parameters())
     losses = vmap(lambda *a: pair_loss(D, params, *a, loss="wgan-gp", gp_weight=config.gp_weight))(x, y, fake, t)
     opt.zero_grad(set_to_none=True)
@@ -211,7 +214,7 @@ def _adam(params: Any, lr: float) -> torch.optim.Optimizer:
 
 
 def _batch(shard: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    return shard[torch.randint(0, len(shard), (n,), generator=generator)]
+    return shard[torch.randint(0, len(shard), (n,), generator=generator).to(shard.device)]
 
 
 def pretrain_discriminators(data: TensorDataset, config: GSWGANConfig, *, progress: bool = True
@@ -226,23 +229,25 @@ def pretrain_discriminators(data: TensorDataset, config: GSWGANConfig, *, progre
     x_all, y_all = data.tensors
     N = len(y_all)
     K = config.num_discriminators
+    device = select_device(config.device)
+    x_all, y_all = x_all.to(device), y_all.to(device)
     g = torch.Generator().manual_seed(config.seed)
-    perm = torch.randperm(N, generator=g)
+    perm = torch.randperm(N, generator=g).to(device)
     shards = list(perm[: (N // K) * K].view(K, -1))
     num_classes = int(y_all.max()) + 1
     discriminators = []
     for k in tqdm(range(K), desc="warm start", disable=not progress, mininterval=5):
         torch.manual_seed(config.seed * 100_003 + k)
-        D = Discriminator(num_classes=num_classes, width=config.width)
-        G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width)
+        D = Discriminator(num_classes=num_classes, width=config.width).to(device)
+        G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
         opt_d, opt_g = _adam(D.parameters(), config.lr), _adam(G.parameters(), config.lr)
         for step in range(1, config.pretrain_steps + 1):
             idx = _batch(shards[k], config.batch_size, g)
             _critic_step(D, G, opt_d, x_all[idx], y_all[idx], config=config, generator=g)
             if step % config.critic_iters == 0:
-                y = torch.randint(0, num_classes, (config.batch_size,), generator=g)
+                y = torch.randint(0, num_classes, (config.batch_size,), generator=g).to(device)
                 opt_g.zero_grad(set_to_none=True)
-                (-D(G(torch.randn(len(y), config.z_dim, generator=g), y), y).mean()).backward()
+                (-D(G(torch.randn(len(y), config.z_dim, generator=g).to(device), y), y).mean()).backward()
                 opt_g.step()
         discriminators.append(D)
     return discriminators, shards
@@ -261,6 +266,8 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
 
     x_all, y_all = data.tensors
     config = config.validated(len(y_all))
+    device = select_device(config.device)
+    x_all, y_all = x_all.to(device), y_all.to(device)
     t0 = time.perf_counter()
     discriminators, shards = warm_start if warm_start is not None else pretrain_discriminators(
         data, config, progress=progress)
@@ -277,7 +284,7 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed + 1)
     num_classes = int(y_all.max()) + 1
-    G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width)
+    G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
     ema = EMA(G, decay=config.ema_decay)
     opt_g = _adam(G.parameters(), config.lr)
     opt_d = [_adam(D.parameters(), config.lr) for D in discriminators]
@@ -294,12 +301,12 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
             d_losses.append(_critic_step(D, G, opt_d[k], x_all[idx], y_all[idx], config=config, generator=g))
         D.requires_grad_(False)
         # 2. the generator: each sample is scored by its own random discriminator, through the sanitiser
-        y = torch.randint(0, num_classes, (config.batch_size,), generator=g)
-        fake = G(torch.randn(config.batch_size, config.z_dim, generator=g), y)
+        y = torch.randint(0, num_classes, (config.batch_size,), generator=g).to(device)
+        fake = G(torch.randn(config.batch_size, config.z_dim, generator=g).to(device), y)
         if config.dp:
             fake = sanitize(fake, max_grad_norm=config.max_grad_norm, noise_multiplier=sigma, generator=g)
-        ks = torch.randint(0, K, (config.batch_size,), generator=g)
-        scores = torch.empty(config.batch_size)
+        ks = torch.randint(0, K, (config.batch_size,), generator=g).to(device)
+        scores = torch.empty(config.batch_size, device=device)
         for kk in ks.unique().tolist():
             m = ks == kk
             scores = scores.index_put((m.nonzero().squeeze(1),), discriminators[kk](fake[m], y[m]))
@@ -316,7 +323,7 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
             d_losses = []
     eps = epsilon(noise_multiplier=sigma, num_discriminators=K, batch_size=config.batch_size,
                   iterations=config.iterations, delta=config.delta) if config.dp else {}
-    return GSWGANResult(generator=ema.average, config=config, history=pd.DataFrame(rows).assign(dp=config.dp),
+    return GSWGANResult(generator=ema.average.cpu(), config=config, history=pd.DataFrame(rows).assign(dp=config.dp),
                         noise_multiplier=sigma if config.dp else None, epsilon=eps,
                         pretrain_seconds=pretrain_seconds, seconds=time.perf_counter() - t0)
 
