@@ -170,9 +170,8 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
                 os.environ[k] = v
         if not out.exists():
             shutil.rmtree(scratch, ignore_errors=True)
-    csv = scratch / f"{chapter.name}.csv"
-    if csv.is_file():
-        os.replace(csv, results)
+    for csv in scratch.glob("*.csv"):  # the chapter's results and any extra tables it saved
+        os.replace(csv, results.with_name(csv.name))
     os.replace(out, executed)
     key_file.write_text(key)
     shutil.rmtree(scratch, ignore_errors=True)
