@@ -32,10 +32,10 @@
 # DP-GAN chapter (`dpnb.metrics`).
 
 # %% tags=["parameters"]
-# Book profile: K = 100 discriminators and 1000 generator iterations on 2 CPU cores.
-num_discriminators = 100
-pretrain_steps = 40  # warm-start critic steps per discriminator
-iterations = 1000  # generator steps
+# Book profile: K = 200 discriminators and 2000 generator iterations on 2 CPU cores.
+num_discriminators = 200
+pretrain_steps = 20  # warm-start critic steps per discriminator
+iterations = 2000  # generator steps
 critic_iters = 2
 batch_size = 32
 target_epsilon = 10.0  # sigma is calibrated to this with the paper's accountant
