@@ -143,9 +143,9 @@ display(Markdown(
 # GS-WGAN, removing or replacing a record changes its shard's discriminator. Both neighbouring
 # datasets then give a mixture with the record's shard in it:
 # $(1-q)\mu_0 + q\mu_1$ against $(1-q)\mu_0 + q\mu_1'$, with $\|\mu_1 - \mu_1'\|$ up to $2C$.
-# That is the replace-one situation, and the generic Wang et al. bound (no Poisson structure to
-# exploit) is what covers it, hence ε ≈ 10 rather than 4.45. The 4.45 figure is the tighter
-# analysis of a *different* mechanism; it should not be quoted for GS-WGAN.
+# That is the replace-one situation. The paper applies the generic Wang et al. bound for it,
+# which has no Poisson structure to exploit, hence ε ≈ 10 rather than 4.45. The 4.45 figure is the
+# tighter analysis of a *different* mechanism; it should not be quoted for GS-WGAN.
 #
 # **One discriminator per batch?** Composing $B$ subsampled mechanisms per step assumes each
 # sample's discriminator is drawn on its own. If all $B$ samples of a step share one

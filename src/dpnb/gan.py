@@ -229,7 +229,8 @@ def discriminator_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x
     """One (DP-)SGD step of D on the real batch ``(x, y)`` paired with fresh fakes.
 
     Returns the mean pair loss before the step (for DP runs only when ``want_loss``, else NaN:
-    it costs an extra forward pass; it is a diagnostic computed on private data and is not released).
+    it costs an extra forward pass; it is a diagnostic computed on private data and is not released;
+    for WGAN-GP under DP it leaves out the penalty, which would need another backward pass).
     """
     n, dev = len(y), y.device
     with torch.no_grad():
