@@ -318,7 +318,8 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
         opt_g.step()
         ema.update(G)
         if it % config.log_every == 0 or it == config.iterations:
-            rows.append(dict(iteration=it, d_loss=sum(d_losses) / len(d_losses), g_score=float(scores.detach().mean()),
+            rows.append(dict(iteration=it, d_loss=sum(d_losses) / len(d_losses),
+                             g_score=float(scores.detach().mean()),
                              seconds=time.perf_counter() - t1))
             d_losses = []
     eps = epsilon(noise_multiplier=sigma, num_discriminators=K, batch_size=config.batch_size,
