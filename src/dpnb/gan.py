@@ -47,7 +47,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
 from dpnb import privacy
-from dpnb.params import ParameterError, check_choice, check_int, check_number
+from dpnb.params import check_budget, check_choice, check_int, check_number
 from dpnb.train import select_device
 
 LOSSES = ("gan", "wgan", "wgan-gp")
@@ -192,13 +192,7 @@ class GANConfig:
         check_number("ema_decay", self.ema_decay, low=0, high=1, high_open=True)
         check_int("log_every", self.log_every, low=1)
         select_device(self.device)
-        if self.dp:
-            if (self.noise_multiplier is None) == (self.target_epsilon is None):
-                raise ParameterError("with dp=True give exactly one of noise_multiplier and target_epsilon")
-            if self.noise_multiplier is not None:
-                check_number("noise_multiplier", self.noise_multiplier, low=0, low_open=True)
-            else:
-                check_number("target_epsilon", self.target_epsilon, low=0, low_open=True)
+        check_budget(dp=self.dp, noise_multiplier=self.noise_multiplier, target_epsilon=self.target_epsilon)
         return self
 
 

@@ -51,7 +51,7 @@ from torch.utils.data import TensorDataset
 
 from dpnb import privacy
 from dpnb.gan import Discriminator, Generator, pair_loss
-from dpnb.params import ParameterError, check_int, check_number
+from dpnb.params import ParameterError, check_budget, check_int, check_number
 from dpnb.train import select_device
 
 SENSITIVITY = 2.0  # replace-one: two clipped vectors differ by at most 2C
@@ -163,13 +163,7 @@ class GSWGANConfig:
         check_number("ema_decay", self.ema_decay, low=0, high=1, high_open=True)
         check_int("log_every", self.log_every, low=1)
         select_device(self.device)
-        if self.dp:
-            if (self.noise_multiplier is None) == (self.target_epsilon is None):
-                raise ParameterError("with dp=True give exactly one of noise_multiplier and target_epsilon")
-            if self.noise_multiplier is not None:
-                check_number("noise_multiplier", self.noise_multiplier, low=0, low_open=True)
-            else:
-                check_number("target_epsilon", self.target_epsilon, low=0, low_open=True)
+        check_budget(dp=self.dp, noise_multiplier=self.noise_multiplier, target_epsilon=self.target_epsilon)
         return self
 
 

@@ -84,3 +84,15 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     if value not in options:
         raise ParameterError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
     return value
+
+
+def check_budget(*, dp: Any, noise_multiplier: Any, target_epsilon: Any) -> None:
+    """With ``dp`` true, exactly one of ``noise_multiplier`` (σ > 0) and ``target_epsilon`` (> 0) must be set."""
+    if not dp:
+        return
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise ParameterError("with dp=True give exactly one of noise_multiplier and target_epsilon")
+    if noise_multiplier is not None:
+        check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
+    else:
+        check_number("target_epsilon", target_epsilon, low=0, low_open=True)

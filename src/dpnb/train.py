@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dpnb import privacy
-from dpnb.params import ParameterError, check_choice, check_int, check_number
+from dpnb.params import ParameterError, check_budget, check_choice, check_int, check_number
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 DEVICES = ("auto", "cpu", "cuda")
@@ -85,13 +85,7 @@ class TrainConfig:
         check_int("eval_batch_size", self.eval_batch_size, low=1)
         if self.max_physical_batch_size is not None:
             check_int("max_physical_batch_size", self.max_physical_batch_size, low=1)
-        if self.dp:
-            if (self.noise_multiplier is None) == (self.target_epsilon is None):
-                raise ParameterError("with dp=True give exactly one of noise_multiplier and target_epsilon")
-            if self.noise_multiplier is not None:
-                check_number("noise_multiplier", self.noise_multiplier, low=0, low_open=True)
-            else:
-                check_number("target_epsilon", self.target_epsilon, low=0, low_open=True)
+        check_budget(dp=self.dp, noise_multiplier=self.noise_multiplier, target_epsilon=self.target_epsilon)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ParameterError("device must be 'auto' or 'cpu' on this machine: CUDA is not available")
         return self
