@@ -234,8 +234,9 @@ def sample_grid(images: object, labels: object, *, per_class: int = 8, title: st
 def generator_scores(df: pd.DataFrame, *, fid_name: str, title: str) -> Figure:
     """FID (lower is better), IS and downstream CNN accuracy of each generator (rows of ``df``: ``label``,
     ``fid``, ``inception_score``, ``CNN``); ``fid_name`` says which FID it is."""
-    cols = [("fid", fid_name + " (lower is better)"), ("inception_score", "Inception Score (judge CNN)"),
-            ("CNN", "downstream CNN accuracy on real test")]
+    fid_label = fid_name.replace(" (", "\n(") + "\nlower is better"
+    cols = [("fid", fid_label), ("inception_score", "Inception Score (judge CNN)\nhigher is better"),
+            ("CNN", "downstream CNN accuracy\non the real test set")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(df) + 1.8), sharey=True)
     for ax, (col, label) in zip(axes, cols):
         sns.barplot(data=df, y="label", x=col, color="tab:blue", orient="h", ax=ax)
