@@ -160,8 +160,10 @@ def run(loss_name: str, *, dp: bool, target_epsilon: float | None, n_steps: int)
                                                                   else "non-private"))
     for metric in ("fid", "inception_score", *downstream_models):
         results.add(experiment=f"{loss_name} generator", dataset="MNIST", model=f"{loss_name} GAN", dp=dp,
-                    epsilon=res.epsilon.get("prv"), delta=delta if dp else None, accountant="prv" if dp else "",
-                    metric=metric if metric != "fid" else judge.fid_name, value=scores[metric],
+                    epsilon=res.epsilon.get("prv"), delta=delta if dp else None,
+                    accountant="prv (Poisson sampling)" if dp else "",
+                    metric={"fid": judge.fid_name, "inception_score": "Inception Score (judge CNN)"}.get(
+                        metric, f"downstream accuracy ({metric})"), value=scores[metric],
                     seconds=res.seconds)
     generators[row["label"]] = (res, synth)
     return row

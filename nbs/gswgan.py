@@ -191,8 +191,11 @@ def run(dp: bool) -> dict:
     label = f"GS-WGAN, ε = {eps:.1f}" if dp else "GS-WGAN, no sanitiser"
     for metric in ("fid", "inception_score", *downstream_models):
         results.add(experiment="GS-WGAN generator", dataset="MNIST", model="GS-WGAN", dp=dp, epsilon=eps,
-                    delta=delta if dp else None, accountant="WBK replace-one (paper)" if dp else "",
-                    metric=metric if metric != "fid" else judge.fid_name, value=scores[metric],
+                    delta=delta if dp else None,
+                    accountant=("WBK bound (paper): shards sampled without replacement, replace-one"
+                                if dp else ""),
+                    metric={"fid": judge.fid_name, "inception_score": "Inception Score (judge CNN)"}.get(
+                        metric, f"downstream accuracy ({metric})"), value=scores[metric],
                     seconds=res.seconds - res.pretrain_seconds + warm_seconds)
     runs[label] = (res, synth)
     return res.summary() | scores | dict(label=label, train_seconds=res.seconds)
