@@ -93,12 +93,9 @@ lr_d = check_number("lr_d", lr_d, low=0, low_open=True)
 lr_g = check_number("lr_g", lr_g, low=0, low_open=True)
 width = check_int("width", width, low=4, high=256)
 z_dim = check_int("z_dim", z_dim, low=1, high=1024)
-samples = check_int("samples", samples, low=100, high=100_000)
-fid_features = check_choice("fid_features", fid_features, metrics.FID_FEATURES)
-judge_epochs = check_int("judge_epochs", judge_epochs, low=1)
-downstream_models = tuple(check_choice("downstream_models", m, metrics.DOWNSTREAM_MODELS)
-                          for m in downstream_models)
-downstream_cnn_epochs = check_int("downstream_cnn_epochs", downstream_cnn_epochs, low=1)
+samples, fid_features, judge_epochs, downstream_models, downstream_cnn_epochs = metrics.check_evaluation(
+    samples=samples, fid_features=fid_features, judge_epochs=judge_epochs, downstream_models=downstream_models,
+    downstream_cnn_epochs=downstream_cnn_epochs)
 seed = check_int("seed", seed, low=0)
 profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
 device = select_device(device).type  # device cuda without CUDA stops here

@@ -259,3 +259,13 @@ def evaluate_samples(samples: TensorDataset, judge: Judge, test: TensorDataset, 
     """One row for a generator: FID (``judge.fid_name``), IS and the downstream accuracies of ``samples``."""
     x, _ = samples.tensors
     return judge.score(x) | downstream_accuracy(samples, test, models=models, cnn_epochs=cnn_epochs, seed=seed)
+
+
+def check_evaluation(*, samples: Any, fid_features: Any, judge_epochs: Any, downstream_models: Any,
+                     downstream_cnn_epochs: Any) -> tuple[int, str, int, tuple[str, ...], int]:
+    """Validate a chapter's evaluation parameters (one-line :class:`ParameterError` naming the bad one)."""
+    return (check_int("samples", samples, low=100, high=100_000),
+            check_choice("fid_features", fid_features, FID_FEATURES),
+            check_int("judge_epochs", judge_epochs, low=1),
+            tuple(check_choice("downstream_models", m, DOWNSTREAM_MODELS) for m in downstream_models),
+            check_int("downstream_cnn_epochs", downstream_cnn_epochs, low=1))
