@@ -49,6 +49,18 @@ def test_scatternet_features_are_normalised_per_example() -> None:
     assert features.scatternet(J=3, shape=(32, 32)).norm.num_groups == 31  # 651 = 31 x 21
 
 
+def test_group_normalize_of_cached_scattering_equals_the_scatternet_normalisation() -> None:
+    f = features.scatternet(J=2, shape=(32, 32))
+    x = torch.rand(4, 3, 32, 32)
+    raw = f.coefficients(x).half()  # as features.extract caches them
+    torch.testing.assert_close(features.group_normalize(raw, groups=27, chunk_size=3), f(x), atol=2e-2, rtol=1e-2)
+    finer = features.group_normalize(raw, groups=81)
+    torch.testing.assert_close(finer.reshape(4, 81, -1).mean(-1), torch.zeros(4, 81), atol=1e-4, rtol=0)
+    assert not torch.allclose(finer, f(x), atol=1e-2)  # a finer grouping is another normalisation
+    with pytest.raises(ValueError, match="groups must divide"):
+        features.group_normalize(raw, groups=100)
+
+
 def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 

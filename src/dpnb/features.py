@@ -6,7 +6,8 @@ Sec. 3). Since they never change, they are computed once and cached on disk:
 ``$DPNB_CACHE`` (``dpnb book`` uses ``book/_build/cache``), else ``~/.cache/dpnb``.
 
 * :func:`scatternet`: scattering transform (:mod:`dpnb.scattering`) followed by a
-  parameter-free GroupNorm, Tramèr & Boneh's "ScatterNet + data normalisation" (Sec. 3.1).
+  parameter-free GroupNorm, Tramèr & Boneh's "ScatterNet + data normalisation" (Sec. 3.1);
+  :func:`group_normalize` does the same for cached raw scattering coefficients.
 * :func:`backbone`: a torchvision ResNet-18 cut after ``layer3`` or after the pooling layer,
   with ImageNet weights when they are in ``$TORCH_HOME`` (or downloadable), else an error
   :class:`WeightsUnavailable` that says so; ``weights="none"`` gives a randomly initialised one.
@@ -64,9 +65,25 @@ class ScatterNet(nn.Module):
             groups = max(g for g in range(1, self.out_channels // 9 + 1) if self.out_channels % g == 0)
         self.norm = nn.GroupNorm(groups, self.out_channels, affine=False)
 
+    def coefficients(self, x: torch.Tensor) -> torch.Tensor:
+        """The raw scattering coefficients ``(B, C*K, h, w)``, before the normalisation."""
+        return self.scattering(x).flatten(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.scattering(x)                         # (B, C, K, h, w)
-        return self.norm(s.flatten(1, 2))
+        return self.norm(self.coefficients(x))
+
+
+def group_normalize(features: torch.Tensor, *, groups: int, chunk_size: int = 4096) -> torch.Tensor:
+    """Parameter-free GroupNorm of ``(N, channels, h, w)`` features in ``groups`` groups, as float32.
+
+    Tramèr & Boneh's data normalisation (ICLR 2021, Sec. 3.1) applied to cached raw scattering
+    coefficients (:meth:`ScatterNet.scattering`), so that one cache serves models that normalise
+    differently. Per example, so it costs no privacy budget.
+    """
+    if features.ndim != 4 or features.shape[1] % groups:
+        raise ValueError(f"groups must divide the channel count of (N, channels, h, w) features, got "
+                         f"groups={groups} for shape {tuple(features.shape)}")
+    return torch.cat([nn.functional.group_norm(c.float(), groups) for c in features.split(chunk_size)])
 
 
 def scatternet(*, J: int, shape: tuple[int, int], channels: int = 3, L: int = 8) -> ScatterNet:

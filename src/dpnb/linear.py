@@ -1,0 +1,162 @@
+"""Exact DP-SGD for a linear softmax classifier, without materialising per-example gradients.
+
+For logits ``z = W x + b`` and the cross-entropy loss, example ``i``'s gradient is the rank-one
+matrix ``g_i = delta_i [x_i; 1]^T`` with ``delta_i = softmax(z_i) - onehot(y_i)``, so its
+Frobenius norm is ``||delta_i|| * sqrt(||x_i||^2 + 1)`` (Goodfellow 2015, "Efficient per-example
+gradient computations", Sec. 2). Clipping then only rescales ``delta_i``: the clipped sum is one
+matrix product, ``(c * delta)^T [x, 1]``, with ``c_i = min(1, C / ||g_i||)``. This is the same
+mechanism as Opacus's DP-SGD (Abadi et al. 2016, Alg. 1): Poisson sampling with rate
+``q = 1 / ceil(N / B)``, clipping to ``max_grad_norm``, Gaussian noise of std
+``noise_multiplier * max_grad_norm`` on the sum, division by the expected batch size ``q N``,
+then SGD with momentum; ε comes from :mod:`dpnb.privacy` for the same (σ, q, steps). It is
+several times faster on a CPU than per-example gradients for the 15,552 ScatterNet features
+of Tramèr & Boneh (ICLR 2021, Sec. 3), where the linear model is trained for 60 epochs.
+
+Example::
+
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> from dpnb.train import TrainConfig
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(2000, 5, generator=g); y = (x[:, 0] > 0).long()
+    >>> run = train_linear(TensorDataset(x, y), TensorDataset(x, y), TrainConfig(
+    ...     epochs=3, batch_size=200, lr=1.0, momentum=0.9, target_epsilon=2.0, max_grad_norm=1.0), progress=False)
+    >>> run.steps, round(run.epsilon["prv"], 2), run.test_accuracy > 0.9
+    (30, 2.0, True)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dpnb import privacy
+from dpnb.params import ParameterError
+from dpnb.train import TrainConfig, TrainResult, select_device
+
+
+def per_example_grad_norms(*, inputs: torch.Tensor, logit_grads: torch.Tensor) -> torch.Tensor:
+    """``||d loss_i / d(W, b)||_F = ||delta_i|| * sqrt(||x_i||^2 + 1)`` for each row (Goodfellow 2015, Sec. 2)."""
+    return logit_grads.norm(dim=1) * (inputs.pow(2).sum(1) + 1).sqrt()
+
+
+def clipped_gradient_sum(model: nn.Linear, inputs: torch.Tensor, targets: torch.Tensor, *,
+                         max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum of clipped per-example gradients for ``W``, for ``b``, the logits) of a batch.
+
+    Each example's gradient is scaled by ``min(1, C / ||g_i||)`` (Abadi et al. 2016, Alg. 1).
+    """
+    with torch.no_grad():
+        logits = model(inputs)
+        delta = torch.softmax(logits, dim=1)
+        delta[torch.arange(len(targets), device=delta.device), targets] -= 1
+        norms = per_example_grad_norms(inputs=inputs, logit_grads=delta)
+        scale = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        delta = delta * scale[:, None]
+        return delta.T @ inputs, delta.sum(0), logits
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Linear, x: torch.Tensor, y: torch.Tensor, batch_size: int = 8192) -> tuple[float, float]:
+    loss, correct = 0.0, 0
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        out = model(xb)
+        loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    return loss / len(y), correct / len(y)
+
+
+def _flat(ds: TensorDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = ds.tensors[0], ds.tensors[1]
+    return x.reshape(len(x), -1).to(device, torch.float32), y.to(device, torch.long)
+
+
+def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, config: TrainConfig, *,
+                 num_classes: int | None = None, progress: bool = True) -> TrainResult:
+    """DP-SGD (``config.dp``) or plain SGD for ``nn.Linear`` on flattened tensors; same result type as
+    :func:`dpnb.train.train`.
+
+    Uses ``epochs``, ``batch_size`` (expected size under Poisson sampling), ``lr``, ``momentum``,
+    ``max_grad_norm``, ``noise_multiplier`` or ``target_epsilon`` (calibrated with
+    ``accountant``), ``delta``, ``seed`` and ``device`` of ``config``; ``optimizer`` must be ``sgd``.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(train_set, TensorDataset) or (test_set is not None and not isinstance(test_set, TensorDataset)):
+        raise ParameterError("train_set and test_set must be TensorDatasets of (features, labels)")
+    n = len(train_set)
+    config = config.validated(n)
+    if config.optimizer != "sgd":
+        raise ParameterError(f"optimizer must be 'sgd' for train_linear, got {config.optimizer!r}")
+    device = select_device(config.device)
+    x, y = _flat(train_set, device)
+    xt, yt = _flat(test_set, device) if test_set is not None else (None, None)
+    num_classes = num_classes or int(y.max()) + 1
+    torch.manual_seed(config.seed)
+    model = nn.Linear(x.shape[1], num_classes).to(device)
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    sample_rate = 1 / steps_per_epoch  # as Opacus's DPDataLoader
+    sigma = None
+    if config.dp:
+        sigma = config.noise_multiplier if config.noise_multiplier is not None else privacy.calibrate_noise_multiplier(
+            target_epsilon=float(config.target_epsilon), sample_rate=sample_rate,  # type: ignore[arg-type]
+            steps=config.epochs * steps_per_epoch, delta=config.delta, accountant=config.accountant)  # type: ignore[arg-type]
+        sigma = float(sigma)
+    expected_batch = sample_rate * n
+    rows: list[dict[str, Any]] = []
+    t_start, steps = time.perf_counter(), 0
+    for epoch in tqdm(range(1, config.epochs + 1), desc="epochs", disable=not progress):
+        t0 = time.perf_counter()
+        tot_loss, correct, seen = 0.0, 0, 0
+        order = None if config.dp else torch.randperm(n, generator=generator, device=device)
+        for s in range(steps_per_epoch):
+            if config.dp:  # Poisson sampling: each example independently with probability q
+                idx = torch.nonzero(torch.rand(n, generator=generator, device=device) < sample_rate).squeeze(1)
+            else:
+                idx = order[s * config.batch_size:(s + 1) * config.batch_size]  # type: ignore[index]
+            xb, yb = x[idx], y[idx]
+            if config.dp:
+                gw, gb, logits = clipped_gradient_sum(model, xb, yb, max_grad_norm=config.max_grad_norm)
+                std = sigma * config.max_grad_norm  # type: ignore[operator]
+                gw = gw + std * torch.randn(gw.shape, generator=generator, device=device)
+                gb = gb + std * torch.randn(gb.shape, generator=generator, device=device)
+                model.weight.grad, model.bias.grad = gw / expected_batch, gb / expected_batch
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(xb)
+                nn.functional.cross_entropy(logits, yb).backward()
+            optimizer.step()
+            steps += 1
+            logits = logits.detach()
+            tot_loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum")) if len(yb) else 0.0
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+        row: dict[str, Any] = dict(epoch=epoch, steps=steps, loss=tot_loss / max(seen, 1),
+                                   train_accuracy=correct / max(seen, 1))
+        if xt is not None:
+            row["test_loss"], row["test_accuracy"] = _accuracy(model, xt, yt)  # type: ignore[arg-type]
+        if config.dp:
+            kw = dict(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=config.delta)
+            row["epsilon_prv"] = privacy.prv_epsilon(**kw)  # type: ignore[arg-type]
+            row["epsilon_rdp"] = privacy.rdp_epsilon(**kw)[0]  # type: ignore[arg-type]
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+    history = pd.DataFrame(rows)
+    history["dp"] = config.dp
+    history["noise_multiplier"] = sigma
+    history["sample_rate"] = sample_rate if config.dp else None
+    history["delta"] = config.delta if config.dp else None
+    eps = {k.removeprefix("epsilon_"): float(rows[-1][k]) for k in rows[-1] if k.startswith("epsilon_")}
+    return TrainResult(model=model, history=history, config=config, noise_multiplier=sigma,
+                       sample_rate=sample_rate if config.dp else None, steps=steps, epsilon=eps,
+                       seconds=time.perf_counter() - t_start)

@@ -1,0 +1,100 @@
+"""dpnb.linear: exact DP-SGD for a linear softmax model without per-example gradients."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dpnb import privacy
+from dpnb.linear import clipped_gradient_sum, per_example_grad_norms, train_linear
+from dpnb.params import ParameterError
+from dpnb.train import TrainConfig
+
+
+def _per_example_grads(model: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example gradients of (W, b), flattened, by torch.func (the slow, obvious way)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, xi, yi):
+        return nn.functional.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    g = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    return torch.cat([g["weight"].flatten(1), g["bias"]], dim=1)
+
+
+@pytest.fixture
+def problem():
+    g = torch.Generator().manual_seed(0)
+    model = nn.Linear(7, 4)
+    x = torch.randn(64, 7, generator=g) * 3
+    y = torch.randint(0, 4, (64,), generator=g)
+    return model, x, y
+
+
+def test_norms_match_explicit_per_example_gradients(problem):
+    model, x, y = problem
+    explicit = _per_example_grads(model, x, y)
+    with torch.no_grad():
+        delta = torch.softmax(model(x), 1) - nn.functional.one_hot(y, 4)
+    torch.testing.assert_close(per_example_grad_norms(inputs=x, logit_grads=delta), explicit.norm(dim=1),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_clipped_sum_matches_explicit_clipping(problem):
+    model, x, y = problem
+    C = 0.5
+    explicit = _per_example_grads(model, x, y)
+    norms = explicit.norm(dim=1)
+    assert (norms > C).any() and (norms < C).any()  # both branches of the clipping are exercised
+    clipped = explicit * (C / norms).clamp(max=1)[:, None]
+    gw, gb, _ = clipped_gradient_sum(model, x, y, max_grad_norm=C)
+    torch.testing.assert_close(torch.cat([gw.flatten(), gb]), clipped.sum(0), rtol=1e-4, atol=1e-5)
+
+
+def test_one_step_adds_noise_of_std_sigma_C_over_batch():
+    """q = 1 (batch = dataset): the update is exactly -(clipped sum + N(0, σ²C²)) / N."""
+    g = torch.Generator().manual_seed(1)
+    n, d, sigma, C = 50, 2000, 2.0, 0.1
+    x, y = torch.randn(n, d, generator=g), torch.randint(0, 10, (n,), generator=g)
+    cfg = TrainConfig(epochs=1, batch_size=n, lr=1.0, momentum=0.0, noise_multiplier=sigma, max_grad_norm=C)
+    run = train_linear(TensorDataset(x, y), None, cfg, num_classes=10, progress=False)
+    assert run.steps == 1 and run.sample_rate == 1.0
+    zero = nn.Linear(d, 10)
+    nn.init.zeros_(zero.weight), nn.init.zeros_(zero.bias)
+    gw, gb, _ = clipped_gradient_sum(zero, x, y, max_grad_norm=C)
+    noise = -torch.cat([run.model.weight.detach().flatten(), run.model.bias.detach()]) * n - torch.cat([gw.flatten(), gb])
+    assert noise.std().item() == pytest.approx(sigma * C, rel=0.03)
+    assert abs(noise.mean().item()) < 4 * sigma * C / math.sqrt(noise.numel())
+
+
+def test_target_epsilon_is_met_and_accounted_like_opacus_loader():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1000, 6, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    cfg = TrainConfig(epochs=4, batch_size=300, lr=2.0, momentum=0.9, target_epsilon=3.0, max_grad_norm=1.0, seed=3)
+    run = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, progress=False)
+    assert run.steps == 4 * math.ceil(1000 / 300) and run.sample_rate == pytest.approx(1 / 4)
+    assert run.epsilon["prv"] == pytest.approx(3.0, abs=0.01)
+    assert run.epsilon["prv"] == pytest.approx(privacy.prv_epsilon(noise_multiplier=run.noise_multiplier,
+                                                                   sample_rate=0.25, steps=16, delta=1e-5))
+    assert run.test_accuracy > 0.85
+    assert list(run.history["epoch"]) == [1, 2, 3, 4]
+    again = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, progress=False)
+    torch.testing.assert_close(again.model.weight, run.model.weight)  # same seed, same run
+
+
+def test_nonprivate_learns_and_bad_input_is_named():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(500, 3, generator=g)
+    y = (x[:, 2] > 0).long()
+    run = train_linear(TensorDataset(x, y), TensorDataset(x, y),
+                       TrainConfig(epochs=5, batch_size=50, lr=0.5, dp=False), progress=False)
+    assert run.test_accuracy > 0.95 and run.noise_multiplier is None and "epsilon_prv" not in run.history
+    with pytest.raises(ParameterError, match="batch_size"):
+        train_linear(TensorDataset(x, y), None, TrainConfig(batch_size=501, noise_multiplier=1.0), progress=False)
+    with pytest.raises(ParameterError, match="optimizer"):
+        train_linear(TensorDataset(x, y), None, TrainConfig(optimizer="adam", noise_multiplier=1.0), progress=False)
