@@ -76,6 +76,8 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path: Path, monkeypat
     assert name == "scatternet" and "cannot be downloaded" in why
     with pytest.raises(ParameterError, match="features='resnet18' with backbone_weights='imagenet'"):
         transfer.resolve_features("resnet18", backbone_weights="imagenet")
+    with pytest.raises(ParameterError, match="resnet18 ImageNet weights are not in"):
+        transfer.cifar10_backbone_features(weights="imagenet", limit=10, seed=0, device=torch.device("cpu"))
     with pytest.raises(ParameterError, match="features must be one of"):
         transfer.resolve_features("vgg", backbone_weights="none")
 

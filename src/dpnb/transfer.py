@@ -120,6 +120,39 @@ def flowers_features(*, split: str, features: str, backbone_weights: str, image_
                        deep_head=deep_head, seconds=time.perf_counter() - t0)
 
 
+def cifar10_backbone_features(*, weights: str, limit: int, seed: int, device: torch.device, image_size: int = 64,
+                              progress: bool = False) -> FeatureData:
+    """ResNet-18 ``layer3`` maps of seeded CIFAR-10 subsets (``limit`` training images, as many test images).
+
+    Images are upsampled to ``image_size`` and ImageNet-normalised; ``deep_head`` is ``layer4`` +
+    pooling (BatchNorm folded), frozen by :func:`frozen_features` or fine-tuned under DP.
+    ``weights="imagenet"`` that cannot be had is a :class:`~dpnb.params.ParameterError`.
+    """
+    import time
+
+    from torchvision import transforms as T
+
+    t0 = time.perf_counter()
+    try:
+        trunk, deep_head = backbone(weights=weights, cut="layer3")
+    except WeightsUnavailable as e:
+        raise ParameterError(str(e)) from None
+    trunk = trunk.to(device)
+    prep = T.Compose([T.Resize(image_size, antialias=False), T.Normalize(*data.NORMALIZATION["flowers102"])])
+    out = []
+    for split, n in (("train", limit), ("test", min(limit, 10_000))):
+        ds = data.cifar10_tensors(split=split, limit=n, seed=seed, normalize=False)
+        fs = extract(TensorDataset(*ds.tensors), lambda x: trunk(prep(x)),  # noqa: B023 (used at once)
+                     key=f"cifar10-{split}{n}-seed{seed}-resnet18-{weights}-layer3-{image_size}px",
+                     device=device, progress=progress)
+        out.append(TensorDataset(*fs.tensors()))
+    description = ("ResNet-18 pretrained on ImageNet (public data)" if weights == "imagenet"
+                   else "ResNet-18 with random weights")
+    return FeatureData(train=out[0], test=out[1], extractor="resnet18", description=description,
+                       shape=tuple(out[0].tensors[0].shape[1:]), deep_head=deep_head,
+                       seconds=time.perf_counter() - t0)
+
+
 def frozen_features(fd: FeatureData, *, device: torch.device, batch_size: int = 256) -> FeatureData:
     """For ResNet-18 features: pass the cached ``layer3`` maps through the frozen ``layer4`` + pooling."""
     if fd.deep_head is None:
@@ -159,4 +192,4 @@ def accuracies(model: nn.Module, dataset: Dataset, *, ks: tuple[int, ...] = (1, 
 
 
 __all__ = ["FEATURES", "FLOWERS_SPLITS", "FLOWERS_SPLIT_SIZES", "resolve_features", "FeatureData", "flowers_features",
-           "frozen_features", "top_k_accuracy", "accuracies", "ScatterNet"]
+           "cifar10_backbone_features", "frozen_features", "top_k_accuracy", "accuracies", "ScatterNet"]
