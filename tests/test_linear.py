@@ -29,6 +29,7 @@ def _per_example_grads(model: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> to
 @pytest.fixture
 def problem():
     g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
     model = nn.Linear(7, 4)
     x = torch.randn(64, 7, generator=g) * 3
     y = torch.randint(0, 4, (64,), generator=g)
@@ -46,13 +47,30 @@ def test_norms_match_explicit_per_example_gradients(problem):
 
 def test_clipped_sum_matches_explicit_clipping(problem):
     model, x, y = problem
-    C = 0.5
     explicit = _per_example_grads(model, x, y)
     norms = explicit.norm(dim=1)
+    C = float(norms.median())
     assert (norms > C).any() and (norms < C).any()  # both branches of the clipping are exercised
     clipped = explicit * (C / norms).clamp(max=1)[:, None]
     gw, gb, _ = clipped_gradient_sum(model, x, y, max_grad_norm=C)
     torch.testing.assert_close(torch.cat([gw.flatten(), gb]), clipped.sum(0), rtol=1e-4, atol=1e-5)
+
+
+def test_views_are_averaged_then_clipped_once(problem):
+    """Augmentation multiplicity: an example's gradient is the mean over its K views, clipped once."""
+    model, x, y = problem
+    views = torch.stack([x, x.flip(1), 0.5 * x], dim=1)                     # (B, 3, d)
+    per_view = torch.stack([_per_example_grads(model, views[:, k], y) for k in range(3)], dim=1)
+    mean = per_view.mean(1)
+    C = float(mean.norm(dim=1).median())
+    gw, gb, logits = clipped_gradient_sum(model, views, y, max_grad_norm=C)
+    clipped = mean * (C / mean.norm(dim=1)).clamp(max=1)[:, None]
+    torch.testing.assert_close(torch.cat([gw.flatten(), gb]), clipped.sum(0), rtol=1e-4, atol=1e-5)
+    assert logits.shape == (64, 3, 4)
+    with torch.no_grad():
+        delta = torch.softmax(model(views), -1) - nn.functional.one_hot(y, 4)[:, None]
+    torch.testing.assert_close(per_example_grad_norms(inputs=views, logit_grads=delta), mean.norm(dim=1),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_one_step_adds_noise_of_std_sigma_C_over_batch():
@@ -85,6 +103,25 @@ def test_target_epsilon_is_met_and_accounted_like_opacus_loader():
     assert list(run.history["epoch"]) == [1, 2, 3, 4]
     again = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, progress=False)
     torch.testing.assert_close(again.model.weight, run.model.weight)  # same seed, same run
+
+
+def test_views_train_and_test_time_augmentation():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(600, 4, generator=g)
+    y = (x[:, 0] - x[:, 3] > 0).long()
+    two = torch.stack([x, x + 0.1 * torch.randn(x.shape, generator=g)], dim=1)   # (N, 2, d)
+    cfg = TrainConfig(epochs=3, batch_size=100, lr=1.0, momentum=0.9, target_epsilon=4.0, max_grad_norm=1.0)
+    one = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, progress=False)
+    run = train_linear(TensorDataset(two, y), TensorDataset(two, y), cfg, views=2, test_views=2, progress=False)
+    assert run.noise_multiplier == one.noise_multiplier and run.epsilon == one.epsilon  # ε does not depend on K
+    assert run.test_accuracy > 0.85 and run.model.weight.shape == (2, 4)
+    plain = train_linear(TensorDataset(two, y), TensorDataset(x, y), cfg, views=2, progress=False)
+    assert plain.test_accuracy > 0.85
+    with pytest.raises(ParameterError, match="views and test_views"):
+        train_linear(TensorDataset(two, y), TensorDataset(two, y), cfg, views=2, progress=False)
+    nonprivate = train_linear(TensorDataset(two, y), TensorDataset(x, y), TrainConfig(epochs=2, batch_size=50, dp=False),
+                              views=2, progress=False)
+    assert nonprivate.test_accuracy > 0.9
 
 
 def test_nonprivate_learns_and_bad_input_is_named():

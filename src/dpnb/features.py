@@ -74,16 +74,21 @@ class ScatterNet(nn.Module):
 
 
 def group_normalize(features: torch.Tensor, *, groups: int, chunk_size: int = 4096) -> torch.Tensor:
-    """Parameter-free GroupNorm of ``(N, channels, h, w)`` features in ``groups`` groups, as float32.
+    """Parameter-free GroupNorm of ``(..., channels, h, w)`` features in ``groups`` groups, as float32.
 
     Tramèr & Boneh's data normalisation (ICLR 2021, Sec. 3.1) applied to cached raw scattering
-    coefficients (:meth:`ScatterNet.scattering`), so that one cache serves models that normalise
-    differently. Per example, so it costs no privacy budget.
+    coefficients (:meth:`ScatterNet.coefficients`), so that one cache serves models that normalise
+    differently. Per example (and per view), so it costs no privacy budget. Written chunk by
+    chunk into one output tensor: the full-size float32 copy is made once.
     """
-    if features.ndim != 4 or features.shape[1] % groups:
-        raise ValueError(f"groups must divide the channel count of (N, channels, h, w) features, got "
+    if features.ndim < 4 or features.shape[-3] % groups:
+        raise ValueError(f"groups must divide the channel count of (..., channels, h, w) features, got "
                          f"groups={groups} for shape {tuple(features.shape)}")
-    return torch.cat([nn.functional.group_norm(c.float(), groups) for c in features.split(chunk_size)])
+    flat = features.reshape(-1, *features.shape[-3:])
+    out = torch.empty(flat.shape, dtype=torch.float32, device=features.device)
+    for start in range(0, len(flat), chunk_size):
+        out[start:start + chunk_size] = nn.functional.group_norm(flat[start:start + chunk_size].float(), groups)
+    return out.reshape(features.shape)
 
 
 def scatternet(*, J: int, shape: tuple[int, int], channels: int = 3, L: int = 8) -> ScatterNet:

@@ -37,54 +37,77 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dpnb import privacy
-from dpnb.params import ParameterError
+from dpnb.params import ParameterError, check_int
 from dpnb.train import TrainConfig, TrainResult, select_device
 
 
 def per_example_grad_norms(*, inputs: torch.Tensor, logit_grads: torch.Tensor) -> torch.Tensor:
-    """``||d loss_i / d(W, b)||_F = ||delta_i|| * sqrt(||x_i||^2 + 1)`` for each row (Goodfellow 2015, Sec. 2)."""
-    return logit_grads.norm(dim=1) * (inputs.pow(2).sum(1) + 1).sqrt()
+    """Norm of each example's gradient with respect to ``(W, b)``.
+
+    One view per example, ``(B, d)`` and ``(B, classes)``: ``||delta_i|| * sqrt(||x_i||^2 + 1)``
+    (Goodfellow 2015, Sec. 2). ``K`` views per example, ``(B, K, d)`` and ``(B, K, classes)``, whose
+    gradient is the mean over the views (augmentation multiplicity, De et al. 2022, Sec. 3.1):
+    ``sqrt(sum_{k,l} (delta_ik . delta_il) (x_ik . x_il + 1)) / K``.
+    """
+    if inputs.ndim == 2:
+        return logit_grads.norm(dim=1) * (inputs.pow(2).sum(1) + 1).sqrt()
+    gram = (logit_grads @ logit_grads.transpose(1, 2)) * (inputs @ inputs.transpose(1, 2) + 1)
+    return gram.sum((1, 2)).clamp(min=0).sqrt() / inputs.shape[1]
 
 
 def clipped_gradient_sum(model: nn.Linear, inputs: torch.Tensor, targets: torch.Tensor, *,
                          max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of clipped per-example gradients for ``W``, for ``b``, the logits) of a batch.
 
-    Each example's gradient is scaled by ``min(1, C / ||g_i||)`` (Abadi et al. 2016, Alg. 1).
+    ``inputs`` is ``(B, d)``, or ``(B, K, d)`` for ``K`` views of each example: then an example's
+    gradient is the mean over its views, clipped once, so it still adds at most ``C`` to the
+    sum. Each example's gradient is scaled by ``min(1, C / ||g_i||)`` (Abadi et al. 2016, Alg. 1).
     """
     with torch.no_grad():
-        logits = model(inputs)
-        delta = torch.softmax(logits, dim=1)
-        delta[torch.arange(len(targets), device=delta.device), targets] -= 1
-        norms = per_example_grad_norms(inputs=inputs, logit_grads=delta)
-        scale = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        delta = delta * scale[:, None]
-        return delta.T @ inputs, delta.sum(0), logits
+        x = inputs if inputs.ndim == 3 else inputs[:, None]
+        logits = model(x)                                              # (B, K, classes)
+        delta = torch.softmax(logits, dim=-1)
+        delta[torch.arange(len(targets), device=delta.device), :, targets] -= 1
+        norms = per_example_grad_norms(inputs=x, logit_grads=delta)
+        scale = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0) / x.shape[1]
+        delta = (delta * scale[:, None, None]).flatten(0, 1)
+        return delta.T @ x.flatten(0, 1), delta.sum(0), logits if inputs.ndim == 3 else logits[:, 0]
 
 
 @torch.no_grad()
 def _accuracy(model: nn.Linear, x: torch.Tensor, y: torch.Tensor, batch_size: int = 8192) -> tuple[float, float]:
+    """(cross-entropy, accuracy); for ``(N, K, d)`` inputs of the mean of the K views' probabilities."""
     loss, correct = 0.0, 0
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        out = model(xb)
-        loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
+        probs = torch.softmax(model(xb), dim=-1)
+        if probs.ndim == 3:
+            probs = probs.mean(1)
+        loss += float(nn.functional.nll_loss(probs.clamp(min=1e-12).log(), yb, reduction="sum"))
+        correct += int((probs.argmax(1) == yb).sum())
     return loss / len(y), correct / len(y)
 
 
-def _flat(ds: TensorDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _flat(ds: TensorDataset, device: torch.device, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features as ``(N, d)``, or ``(N, views, d)`` when ``views > 1``."""
     x, y = ds.tensors[0], ds.tensors[1]
-    return x.reshape(len(x), -1).to(device, torch.float32), y.to(device, torch.long)
+    shape = (len(x), -1) if views == 1 else (len(x), views, -1)
+    return x.reshape(shape).to(device, torch.float32), y.to(device, torch.long)
 
 
 def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, config: TrainConfig, *,
-                 num_classes: int | None = None, progress: bool = True) -> TrainResult:
+                 views: int = 1, test_views: int = 1, num_classes: int | None = None,
+                 progress: bool = True) -> TrainResult:
     """DP-SGD (``config.dp``) or plain SGD for ``nn.Linear`` on flattened tensors; same result type as
     :func:`dpnb.train.train`.
 
     Uses ``epochs``, ``batch_size`` (expected size under Poisson sampling), ``lr``, ``momentum``,
     ``max_grad_norm``, ``noise_multiplier`` or ``target_epsilon`` (calibrated with
     ``accountant``), ``delta``, ``seed`` and ``device`` of ``config``; ``optimizer`` must be ``sgd``.
+    With ``views=K`` the training features are ``(N, K, ...)``: K augmented views of each example,
+    whose gradients are averaged before the one clipping (:func:`clipped_gradient_sum`); the
+    sampling rate, steps and σ, hence ε, do not depend on K. With ``test_views=K`` the test
+    features are ``(N, K, ...)`` too and predictions average the views' probabilities
+    (test-time augmentation: post-processing, no privacy cost).
     """
     from tqdm.auto import tqdm
 
@@ -92,14 +115,18 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
         raise ParameterError("train_set and test_set must be TensorDatasets of (features, labels)")
     n = len(train_set)
     config = config.validated(n)
+    views, test_views = check_int("views", views, low=1), check_int("test_views", test_views, low=1)
     if config.optimizer != "sgd":
         raise ParameterError(f"optimizer must be 'sgd' for train_linear, got {config.optimizer!r}")
     device = select_device(config.device)
-    x, y = _flat(train_set, device)
-    xt, yt = _flat(test_set, device) if test_set is not None else (None, None)
+    x, y = _flat(train_set, device, views)
+    xt, yt = _flat(test_set, device, test_views) if test_set is not None else (None, None)
+    if xt is not None and xt.shape[-1] != x.shape[-1]:
+        raise ParameterError(f"test features have {xt.shape[-1]} values per view, training features "
+                             f"{x.shape[-1]}: check views and test_views")
     num_classes = num_classes or int(y.max()) + 1
     torch.manual_seed(config.seed)
-    model = nn.Linear(x.shape[1], num_classes).to(device)
+    model = nn.Linear(x.shape[-1], num_classes).to(device)
     nn.init.zeros_(model.weight)
     nn.init.zeros_(model.bias)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
@@ -133,13 +160,15 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
                 model.weight.grad, model.bias.grad = gw / expected_batch, gb / expected_batch
             else:
                 optimizer.zero_grad(set_to_none=True)
-                logits = model(xb)
-                nn.functional.cross_entropy(logits, yb).backward()
+                logits = model(xb)  # every view is a training example of its own
+                nn.functional.cross_entropy(logits.reshape(-1, num_classes),
+                                            yb.repeat_interleave(views)).backward()
             optimizer.step()
             steps += 1
-            logits = logits.detach()
-            tot_loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum")) if len(yb) else 0.0
-            correct += int((logits.argmax(1) == yb).sum())
+            probs = torch.softmax(logits.detach(), dim=-1)
+            probs = probs.mean(1) if probs.ndim == 3 else probs
+            tot_loss += float(nn.functional.nll_loss(probs.clamp(min=1e-12).log(), yb, reduction="sum"))
+            correct += int((probs.argmax(1) == yb).sum())
             seen += len(yb)
         row: dict[str, Any] = dict(epoch=epoch, steps=steps, loss=tot_loss / max(seen, 1),
                                    train_accuracy=correct / max(seen, 1))
