@@ -109,20 +109,14 @@ results = Results(chapter="gswgan", profile=profile)
 # (`dpnb.privacy.wbk_epsilon`). Below, the paper's defaults and this chapter's setting.
 
 # %%
-def accounting_row(setting: str, K: int, sigma: float, B: int, T: int) -> dict:
-    e = gswgan.epsilon(noise_multiplier=sigma, num_discriminators=K, batch_size=B, iterations=T, delta=delta)
-    return dict(setting=setting, K=K, sample_rate=1 / K, noise_multiplier=sigma, batch_size=B, iterations=T,
-                compositions=B * T, delta=delta, epsilon_wbk_replace_one=e["wbk"],
-                epsilon_poisson_add_remove=e["rdp_poisson"],
-                epsilon_one_discriminator_per_batch=gswgan.batch_mechanism_epsilon(
-                    noise_multiplier=sigma, num_discriminators=K, batch_size=B, iterations=T, delta=delta))
-
-
 sigma = noise_multiplier or gswgan.calibrate_noise_multiplier(
     target_epsilon=target_epsilon, num_discriminators=num_discriminators, batch_size=batch_size,
     iterations=iterations, delta=delta)
-accounting = pd.DataFrame([accounting_row("paper defaults (MNIST)", 1000, 1.07, 32, 20_000),
-                           accounting_row("this chapter", num_discriminators, sigma, batch_size, iterations)])
+accounting = pd.DataFrame([
+    gswgan.accounting_row(setting="paper defaults (MNIST)", num_discriminators=1000, noise_multiplier=1.07,
+                          batch_size=32, iterations=20_000, delta=delta),
+    gswgan.accounting_row(setting="this chapter", num_discriminators=num_discriminators, noise_multiplier=sigma,
+                          batch_size=batch_size, iterations=iterations, delta=delta)])
 display(accounting.style.format({"sample_rate": "{:.4f}", "noise_multiplier": "{:.3f}",
                                  "epsilon_wbk_replace_one": "{:.2f}", "epsilon_poisson_add_remove": "{:.2f}",
                                  "epsilon_one_discriminator_per_batch": "{:.3g}"}))

@@ -205,6 +205,10 @@ def test_gswgan_accounting_reproduces_the_paper_defaults() -> None:
     sigma = gswgan.calibrate_noise_multiplier(target_epsilon=10.0, num_discriminators=1000, batch_size=32,
                                               iterations=20_000, delta=1e-5)
     assert sigma == pytest.approx(1.07, rel=0.01)
+    row = gswgan.accounting_row(setting="paper", num_discriminators=1000, noise_multiplier=1.07, batch_size=32,
+                                iterations=20_000, delta=1e-5)
+    assert (row["epsilon_wbk_replace_one"], row["epsilon_poisson_add_remove"]) == (eps["wbk"], eps["rdp_poisson"])
+    assert row["compositions"] == 640_000 and row["epsilon_one_discriminator_per_batch"] > 1000 * eps["wbk"]
 
 
 def test_wbk_bound_is_above_the_poisson_analysis_and_tends_to_the_gaussian() -> None:

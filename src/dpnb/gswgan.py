@@ -333,3 +333,22 @@ def batch_mechanism_epsilon(*, noise_multiplier: float, num_discriminators: int,
     """
     return privacy.wbk_epsilon(noise_multiplier=noise_multiplier / math.sqrt(batch_size),
                                sample_rate=1 / num_discriminators, steps=iterations, delta=delta)[0]
+
+
+def accounting_row(*, setting: str, num_discriminators: int, noise_multiplier: float, batch_size: int,
+                   iterations: int, delta: float) -> dict[str, Any]:
+    """ε of one (K, σ, B, T) setting under the three analyses the chapter compares.
+
+    ``epsilon_wbk_replace_one``: the paper's analysis (:func:`epsilon`, WBK 2019 Thm 9);
+    ``epsilon_poisson_add_remove``: the same compositions as if Poisson-sampled with add/remove
+    adjacency (Mironov et al. 2019), which is not GS-WGAN's mechanism;
+    ``epsilon_one_discriminator_per_batch``: :func:`batch_mechanism_epsilon`.
+    """
+    kw = dict(noise_multiplier=noise_multiplier, num_discriminators=num_discriminators, batch_size=batch_size,
+              iterations=iterations, delta=delta)
+    e = epsilon(**kw)  # type: ignore[arg-type]
+    return dict(setting=setting, K=num_discriminators, sample_rate=1 / num_discriminators,
+                noise_multiplier=noise_multiplier, batch_size=batch_size, iterations=iterations,
+                compositions=batch_size * iterations, delta=delta, epsilon_wbk_replace_one=e["wbk"],
+                epsilon_poisson_add_remove=e["rdp_poisson"],
+                epsilon_one_discriminator_per_batch=batch_mechanism_epsilon(**kw))  # type: ignore[arg-type]
