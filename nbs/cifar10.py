@@ -282,17 +282,13 @@ def scatter_split(split: str, *, flipped: bool = False) -> features.FeatureSet:
 
 def normalized(split: str, groups: int, *, views: bool = False) -> TensorDataset:
     """GroupNorm-ed features, as ``(N, 2, ...)`` (image, mirror image) when ``views``."""
-    fs = raw[split]
-    if views:
-        both = torch.stack([fs.features, raw[f"{split}-mirrored"].features], dim=1)  # float16
-        return TensorDataset(features.group_normalize(both, groups=groups), fs.labels)
-    return TensorDataset(features.group_normalize(fs.features, groups=groups), fs.labels)
+    return features.normalized_views([raw[split], raw[f"{split}-mirrored"]] if views else [raw[split]],
+                                     groups=groups)
 
 
 raw = {"train": scatter_split("train"), "test": scatter_split("test")}
 if scatter_flips:
     raw |= {f"{s}-mirrored": scatter_split(s, flipped=True) for s in ("train", "test")}
-    assert all(torch.equal(raw[s].labels, raw[f"{s}-mirrored"].labels) for s in ("train", "test"))
 print(f"ScatterNet features {raw['train'].shape} for {len(raw['train'])} + {len(raw['test'])} images"
       f"{' and their mirror images' if scatter_flips else ''} in {time.perf_counter() - t0:.0f} s "
       "(from the cache when this is a re-run)")
@@ -472,7 +468,7 @@ display(Markdown("\n".join([
     f"* Architecture (section 2): best variant here {best_arch['architecture']} ({best_arch['test_accuracy']:.1%}).",
     f"* ScatterNet + linear on all 50,000 images{' with mirror views' if scatter_flips else ''}: "
     f"{lin.test_accuracy:.1%} at ε = {lin.epsilon['prv']:.2f} (Tramèr & Boneh: 67.0% at ε = 3, on the "
-    "original pixels); ScatterNet + CNN: {scatter_runs['ScatterNet + CNN'].test_accuracy:.1%} "
+    f"original pixels); ScatterNet + CNN: {scatter_runs['ScatterNet + CNN'].test_accuracy:.1%} "
     f"after {cnn_cfg.epochs} epochs.",
     f"* Scale (section 4): best variant here {best_scale['variant']} ({best_scale['test_accuracy']:.1%} at "
     f"ε = {best_scale['epsilon_prv']:.2f}); the techniques pay off over long GPU runs (`gpu` profile).",

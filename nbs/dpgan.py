@@ -159,8 +159,7 @@ def run(loss_name: str, *, dp: bool, target_epsilon: float | None, n_steps: int)
         results.add(experiment=f"{loss_name} generator", dataset="MNIST", model=f"{loss_name} GAN", dp=dp,
                     epsilon=res.epsilon.get("prv"), delta=delta if dp else None,
                     accountant="prv (Poisson sampling)" if dp else "",
-                    metric={"fid": judge.fid_name, "inception_score": "Inception Score (judge CNN)"}.get(
-                        metric, f"downstream accuracy ({metric})"), value=scores[metric],
+                    metric=judge.metric_name(metric), value=scores[metric],
                     seconds=res.seconds)
     generators[row["label"]] = (res, synth)
     return row

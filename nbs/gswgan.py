@@ -185,8 +185,7 @@ def run(dp: bool) -> dict:
                     delta=delta if dp else None,
                     accountant=("WBK bound (paper): shards sampled without replacement, replace-one"
                                 if dp else ""),
-                    metric={"fid": judge.fid_name, "inception_score": "Inception Score (judge CNN)"}.get(
-                        metric, f"downstream accuracy ({metric})"), value=scores[metric],
+                    metric=judge.metric_name(metric), value=scores[metric],
                     seconds=res.seconds - res.pretrain_seconds + warm_seconds)
     runs[label] = (res, synth)
     return res.summary() | scores | dict(label=label, train_seconds=res.seconds)

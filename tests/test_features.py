@@ -61,6 +61,16 @@ def test_group_normalize_of_cached_scattering_equals_the_scatternet_normalisatio
         features.group_normalize(raw, groups=100)
 
 
+def test_normalized_views_stacks_views_of_the_same_images() -> None:
+    raw = features.FeatureSet(torch.rand(5, 243, 8, 8).half(), torch.arange(5))
+    mirror = features.FeatureSet(raw.features.flip(-1), torch.arange(5))
+    one, two = features.normalized_views([raw], groups=81), features.normalized_views([raw, mirror], groups=81)
+    assert one.tensors[0].shape == (5, 243, 8, 8) and two.tensors[0].shape == (5, 2, 243, 8, 8)
+    torch.testing.assert_close(two.tensors[0][:, 0], one.tensors[0])
+    with pytest.raises(ValueError, match="same images"):
+        features.normalized_views([raw, features.FeatureSet(mirror.features, torch.arange(5).flip(0))], groups=81)
+
+
 def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 

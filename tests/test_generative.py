@@ -70,6 +70,7 @@ def test_judge_scores_real_images_as_real(mnist01: tuple[TensorDataset, TensorDa
     train, test = mnist01
     judge = metrics.train_judge(train, test, fid_features="classifier", epochs=4)
     assert judge.fid_name.startswith("classifier FID") and judge.test_accuracy > 0.95
+    assert judge.metric_name("fid") == judge.fid_name and judge.metric_name("rf") == "downstream accuracy (rf)"
     real = judge.score(test.tensors[0])  # the real test images against themselves (the reference)
     noisy = judge.score((test.tensors[0] + 0.5 * torch.randn(2000, 1, 28, 28)).clamp(0, 1))
     assert real["fid"] < 1e-6

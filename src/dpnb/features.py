@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dpnb.models import out_of_place_residuals
 from dpnb.params import check_choice
@@ -89,6 +89,15 @@ def group_normalize(features: torch.Tensor, *, groups: int, chunk_size: int = 40
     for start in range(0, len(flat), chunk_size):
         out[start:start + chunk_size] = nn.functional.group_norm(flat[start:start + chunk_size].float(), groups)
     return out.reshape(features.shape)
+
+
+def normalized_views(views: list[FeatureSet], *, groups: int) -> TensorDataset:
+    """One dataset from cached raw features of the same images: :func:`group_normalize` of each,
+    stacked to ``(N, K, ...)`` for ``K > 1`` views (e.g. image and mirror image), ``(N, ...)`` for one."""
+    if any(not torch.equal(v.labels, views[0].labels) for v in views[1:]):
+        raise ValueError("views must hold the same images in the same order (their labels differ)")
+    x = views[0].features if len(views) == 1 else torch.stack([v.features for v in views], dim=1)
+    return TensorDataset(group_normalize(x, groups=groups), views[0].labels)
 
 
 def scatternet(*, J: int, shape: tuple[int, int], channels: int = 3, L: int = 8) -> ScatterNet:

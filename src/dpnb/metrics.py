@@ -163,6 +163,11 @@ class Judge:
         self.fid_extractor.eval()
         return torch.cat([self.fid_extractor(b) for b in x.split(batch_size)])
 
+    def metric_name(self, metric: str) -> str:
+        """What a score key means, for results tables: FID says which features, IS says which classifier."""
+        return {"fid": self.fid_name, "inception_score": "Inception Score (judge CNN)"}.get(
+            metric, f"downstream accuracy ({metric})")
+
     def score(self, x: torch.Tensor) -> dict[str, float]:
         """FID against the real test set and Inception Score (with the judge) of images ``x`` in [0, 1]."""
         probs = torch.softmax(predict(self.classifier, x), 1)
