@@ -346,12 +346,15 @@ display(Markdown(
 #   $\bar g_i = \mathrm{clip}_C\big(\tfrac1K \sum_{k=1}^{K} \nabla \ell(\theta; \mathrm{aug}_k(x_i), y_i)\big)$,
 #   so each example still adds one clipped gradient of norm ≤ $C$: the sampling rate, the steps and σ are unchanged, and so is ε
 #   (`scale.clipped_gradient_sum`; tested in `tests/test_scale.py`);
-# * **parameter averaging**: an exponential moving average of the iterates (post-processing);
+# * **parameter averaging**: an exponential moving average of the iterates (post-processing), here
+#   with decay `ema_decay` reached through the warm-up $\min(\text{decay}, \tfrac{1+t}{10+t})$ at step $t$
+#   (`scale.EMA`): a run of a few dozen steps would otherwise still be mostly its random initialisation;
 # * **weight standardisation** {cite:p}`qiao2019weight` of the convolutions, with GroupNorm.
 #
 # Here each is switched on in turn on the section 1 setting (small subset, few epochs), trained by
-# `scale.train_augmult`, a plain DP-SGD loop (Poisson sampling, per-example gradients with
-# `torch.func`) whose σ is calibrated to end exactly at each target ε. The `gpu` profile runs
+# `scale.train_augmult`, a plain DP-SGD loop (Poisson sampling, per-view gradients from Opacus's
+# `GradSampleModule` hooks, summed per example, then clipped) whose σ is calibrated to end exactly
+# at each target ε. The `gpu` profile runs
 # the paper's WRN-16-4 recipe (batch 4096, K = 16, ε = 1, 2, 4, 8).
 
 # %%

@@ -79,6 +79,24 @@ def test_ema_is_the_exponential_average_of_the_iterates() -> None:
         scale.EMA(model, decay=1.0)
 
 
+def test_ema_warmup_follows_the_recent_iterates() -> None:
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    plain, warm = scale.EMA(model, decay=0.99), scale.EMA(model, decay=0.99, warmup=True)
+    assert warm.current_decay == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    plain.update(model)
+    warm.update(model)
+    torch.testing.assert_close(plain.average.weight, torch.full((1, 2), 0.01))
+    torch.testing.assert_close(warm.average.weight, torch.full((1, 2), 0.9))
+    assert warm.current_decay == pytest.approx(2 / 11)
+    for _ in range(2000):
+        warm.update(model)
+    assert warm.current_decay == 0.99  # the schedule reaches the decay and stays there
+
+
 def test_weight_standardisation() -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3)
