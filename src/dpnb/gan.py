@@ -122,25 +122,6 @@ def pair_loss(D: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y:
     return out
 
 
-def batch_losses(D: nn.Module, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, t: torch.Tensor, *,
-                 loss: str, gp_weight: float = 10.0) -> torch.Tensor:
-    """:func:`pair_loss` of every pair at once, ``(B,)``, for critics trained **without** DP.
-
-    ``D`` treats examples independently (no BatchNorm), so the gradient of ``D(x_hat).sum()`` with
-    respect to ``x_hat`` holds each pair's own input gradient; ``create_graph`` lets the penalty be
-    differentiated. Same values and parameter gradients as ``vmap(pair_loss)``, without vmap's cost.
-    """
-    d_real, d_fake = D(x, y), D(fake, y)
-    if loss == "gan":
-        return F.softplus(-d_real) + F.softplus(d_fake)
-    out = d_fake - d_real
-    if loss == "wgan-gp":
-        x_hat = (t * x + (1 - t) * fake).detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(D(x_hat, y).sum(), x_hat, create_graph=True)
-        out = out + gp_weight * (torch.sqrt((g ** 2).flatten(1).sum(1) + 1e-12) - 1) ** 2 + 1e-3 * d_real ** 2
-    return out
-
-
 def per_example_gradients(D: nn.Module, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor, t: torch.Tensor,
                           *, loss: str, gp_weight: float = 10.0) -> dict[str, torch.Tensor]:
     """``{name: (B, *param.shape)}``: the gradient of each pair's :func:`pair_loss`, one row per real example."""

@@ -50,7 +50,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dpnb import privacy
-from dpnb.gan import Discriminator, Generator, batch_losses
+from dpnb.gan import Discriminator, Generator, pair_loss
 from dpnb.params import ParameterError, check_budget, check_int, check_number
 from dpnb.train import select_device
 
@@ -190,10 +190,13 @@ class GSWGANResult:
 def _critic_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                  *, config: GSWGANConfig, generator: torch.Generator) -> float:
     """One non-private WGAN-GP step of a discriminator on a real batch of its own shard."""
+    from torch.func import vmap
+
     with torch.no_grad():
         fake = G(torch.randn(len(y), config.z_dim, generator=generator).to(y.device), y)
     t = torch.rand(len(y), 1, 1, 1, generator=generator).to(y.device)
-    losses = batch_losses(D, x, y, fake, t, loss="wgan-gp", gp_weight=config.gp_weight)
+    params = dict(D.named_parameters())
+    losses = vmap(lambda *a: pair_loss(D, params, *a, loss="wgan-gp", gp_weight=config.gp_weight))(x, y, fake, t)
     opt.zero_grad(set_to_none=True)
     losses.mean().backward()
     opt.step()
