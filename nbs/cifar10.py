@@ -260,6 +260,7 @@ import time
 
 from torch.utils.data import TensorDataset
 
+from dpnb import transfer
 from dpnb.linear import train_linear
 
 t0 = time.perf_counter()
@@ -267,18 +268,9 @@ scat = features.scatternet(J=2, shape=(32, 32)).to(device)
 
 
 def scatter_split(split: str, *, flipped: bool = False) -> features.FeatureSet:
-    """Raw scattering coefficients (cached) of the CIFAR-10 ``split``, or of its mirror images.
-
-    The images come from ``data.cifar10_tensors``: decoded once (cached as uint8) and normalised as
-    the end-to-end CNNs see them; a mirror image is the image flipped left to right."""
-    key = f"cifar10-{split}{'-mirrored' if flipped else ''}-normalized-scattering-J2"
-    size = 50_000 if split == "train" else 10_000
-    limit = scatter_limit if scatter_limit is not None and scatter_limit < size else None
-    if limit is not None:
-        key = f"{key}-limit{limit}-seed{seed}"
-    images, labels = data.cifar10_tensors(split=split, limit=limit, seed=seed).tensors
-    dataset = TensorDataset(images.flip(-1) if flipped else images, labels)
-    return features.extract(dataset, scat.coefficients, key=key, batch_size=256, device=device)
+    """Raw scattering coefficients (cached) of the CIFAR-10 ``split``, or of its mirror images."""
+    return transfer.cifar10_features(scat.coefficients, name="scattering-J2", split=split, mirrored=flipped,
+                                     limit=scatter_limit, seed=seed, device=device)
 
 
 def normalized(split: str, groups: int, *, views: bool = False) -> TensorDataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 from pathlib import Path
 
@@ -69,6 +70,30 @@ def test_normalized_views_stacks_views_of_the_same_images() -> None:
     torch.testing.assert_close(two.tensors[0][:, 0], one.tensors[0])
     with pytest.raises(ValueError, match="same images"):
         features.normalized_views([raw, features.FeatureSet(mirror.features, torch.arange(5).flip(0))], groups=81)
+
+
+@pytest.mark.skipif(not os.environ.get("DPNB_DATA"), reason="needs the real data (DPNB_DATA)")
+def test_cifar10_features_of_mirror_images_are_those_of_the_flipped_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpnb import data
+
+    monkeypatch.setenv("DPNB_CACHE", str(tmp_path))
+
+    def top_rows(x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :2].flatten(1)
+
+    kw = dict(name="rows", split="test", limit=20, seed=1, progress=False)
+    plain = transfer.cifar10_features(top_rows, **kw)
+    mirrored = transfer.cifar10_features(top_rows, mirrored=True, **kw)
+    images, labels = data.cifar10_tensors(split="test", limit=20, seed=1, progress=False).tensors
+    assert torch.equal(plain.labels, labels) and torch.equal(mirrored.labels, labels)
+    torch.testing.assert_close(mirrored.features, top_rows(images.flip(-1)).half())
+    assert not torch.equal(plain.features, mirrored.features)
+    cached = sorted(p.name for p in tmp_path.glob("cifar10-test-*rows*"))
+    assert [n.rsplit("-", 1)[0] for n in cached] == ["cifar10-test-mirrored-normalized-rows-limit20-seed1",
+                                                     "cifar10-test-normalized-rows-limit20-seed1"]
+    with pytest.raises(ParameterError, match="split"):
+        transfer.cifar10_features(top_rows, name="rows", split="val")
 
 
 def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dpnb import data
-from dpnb.features import (ScatterNet, WeightsUnavailable, backbone, extract, imagenet_weights_available,
-                           scatternet)
+from dpnb.features import (FeatureSet, ScatterNet, WeightsUnavailable, backbone, extract,
+                           imagenet_weights_available, scatternet)
 from dpnb.params import ParameterError, check_choice
 
 FEATURES = ("auto", "scatternet", "resnet18")
@@ -120,6 +120,30 @@ def flowers_features(*, split: str, features: str, backbone_weights: str, image_
                        deep_head=deep_head, seconds=time.perf_counter() - t0)
 
 
+CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
+
+
+def cifar10_features(extractor: Any, *, name: str, split: str, mirrored: bool = False, limit: int | None = None,
+                     seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 256,
+                     progress: bool = True) -> FeatureSet:
+    """Features (cached) of the CIFAR-10 ``split`` or of its mirror images, from a fixed ``extractor``.
+
+    Images come from :func:`dpnb.data.cifar10_tensors` (decoded once, cached as uint8, normalised);
+    a mirror image is the image flipped left to right, an exact view for augmentation multiplicity.
+    ``limit`` below the split size takes a seeded subset. ``name`` describes the extractor in the
+    cache key (``cifar10-{split}[-mirrored]-normalized-{name}[-limit{limit}-seed{seed}]``).
+    """
+    split = check_choice("split", split, tuple(CIFAR10_SIZES))
+    key = f"cifar10-{split}{'-mirrored' if mirrored else ''}-normalized-{name}"
+    if limit is not None and limit >= CIFAR10_SIZES[split]:
+        limit = None
+    if limit is not None:
+        key = f"{key}-limit{limit}-seed{seed}"
+    images, labels = data.cifar10_tensors(split=split, limit=limit, seed=seed, progress=progress).tensors
+    dataset = TensorDataset(images.flip(-1) if mirrored else images, labels)
+    return extract(dataset, extractor, key=key, batch_size=batch_size, device=device, progress=progress)
+
+
 def cifar10_backbone_features(*, weights: str, limit: int, seed: int, device: torch.device, image_size: int = 64,
                               progress: bool = False) -> FeatureData:
     """ResNet-18 ``layer3`` maps of seeded CIFAR-10 subsets (``limit`` training images, as many test images).
@@ -140,7 +164,7 @@ def cifar10_backbone_features(*, weights: str, limit: int, seed: int, device: to
     trunk = trunk.to(device)
     prep = T.Compose([T.Resize(image_size, antialias=False), T.Normalize(*data.NORMALIZATION["flowers102"])])
     out = []
-    for split, n in (("train", limit), ("test", min(limit, 10_000))):
+    for split, n in (("train", limit), ("test", min(limit, CIFAR10_SIZES["test"]))):
         ds = data.cifar10_tensors(split=split, limit=n, seed=seed, normalize=False)
         fs = extract(TensorDataset(*ds.tensors), lambda x: trunk(prep(x)),  # noqa: B023 (used at once)
                      key=f"cifar10-{split}{n}-seed{seed}-resnet18-{weights}-layer3-{image_size}px",
