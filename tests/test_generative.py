@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from pathlib import Path
@@ -236,3 +237,46 @@ def test_gswgan_shards_are_disjoint_and_training_runs(mnist01: tuple[TensorDatas
     assert len(res.history) == 3 and res.epsilon["wbk"] > res.epsilon["rdp_poisson"]
     with pytest.raises(ParameterError, match="num_discriminators"):
         gswgan.train_gswgan(train, gswgan.GSWGANConfig(num_discriminators=5, noise_multiplier=1.0), warm_start=warm)
+
+
+@needs_data
+def test_gswgan_logs_the_gradient_norms_the_sanitiser_clips(mnist01: tuple[TensorDataset, TensorDataset]) -> None:
+    train, _ = mnist01
+    cfg = gswgan.GSWGANConfig(num_discriminators=4, pretrain_steps=2, iterations=2, critic_iters=1, batch_size=8,
+                              noise_multiplier=1.0, width=8, log_every=1)
+    warm = gswgan.pretrain_discriminators(train, cfg, progress=False)
+    fractions = {}
+    for C in (1e-6, 1e6):
+        h = gswgan.train_gswgan(train, gswgan.GSWGANConfig(**(vars(cfg) | dict(max_grad_norm=C))),
+                                warm_start=copy.deepcopy(warm), progress=False).history
+        assert (h["grad_norm_median"] > 0).all()
+        fractions[C] = h["clipped_fraction"].tolist()
+    assert fractions == {1e-6: [1.0, 1.0], 1e6: [0.0, 0.0]}
+
+
+@needs_data
+def test_gswgan_warm_start_uses_pretrain_lr(mnist01: tuple[TensorDataset, TensorDataset]) -> None:
+    train, _ = mnist01
+    base = dict(num_discriminators=2, pretrain_steps=3, critic_iters=1, batch_size=8, width=8)
+    moved = {}
+    for lr in (1e-12, 1e-2):
+        D = gswgan.pretrain_discriminators(train, gswgan.GSWGANConfig(**base, pretrain_lr=lr), progress=False)[0][0]
+        torch.manual_seed(0)  # pretrain_discriminators seeds discriminator k with seed * 100_003 + k
+        D0 = gan.Discriminator(num_classes=int(train.tensors[1].max()) + 1, width=8)
+        moved[lr] = max(float((p - p0).detach().abs().max()) for p, p0 in zip(D.parameters(), D0.parameters()))
+    assert moved[1e-12] < 1e-8 < 1e-4 < moved[1e-2]
+    with pytest.raises(ParameterError, match="pretrain_lr"):
+        gswgan.GSWGANConfig(**base, pretrain_lr=0.0).validated(len(train.tensors[1]))
+
+
+def test_input_gradient_norms_match_autograd_one_image_at_a_time() -> None:
+    torch.manual_seed(0)
+    Ds = [gan.Discriminator(width=4) for _ in range(2)]
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9])
+    norms = gswgan.input_gradient_norms(Ds, x, y)
+    assert norms.shape == (2, 3)
+    for k, D in enumerate(Ds):
+        for i in range(3):
+            xi = x[i:i + 1].clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(D(xi, y[i:i + 1]).sum(), xi)
+            assert torch.allclose(norms[k, i], g.norm(), rtol=1e-5)

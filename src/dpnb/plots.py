@@ -247,3 +247,22 @@ def generator_scores(df: pd.DataFrame, *, fid_name: str, title: str) -> Figure:
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def sanitiser_gradients(df: pd.DataFrame, *, max_grad_norm: float, title: str) -> Figure:
+    """GS-WGAN's per-sample gradients before the sanitiser, against generator iteration, one line per run
+    (``label``): their median norm beside the clip bound C (left) and the share of samples clipped (right).
+
+    A median far below C means the noise, scaled to C, is larger than it needs to be for the signal."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    sns.lineplot(data=df, x="iteration", y="grad_norm_median", hue="label", marker="o", markersize=4, ax=axes[0])
+    axes[0].axhline(max_grad_norm, color="black", ls="--", lw=1, label=f"clip bound C = {max_grad_norm:g}")
+    axes[0].legend(fontsize=8)
+    axes[0].set(xlabel="generator iteration", ylabel="median per-sample gradient norm\n(before clipping)")
+    sns.lineplot(data=df, x="iteration", y="clipped_fraction", hue="label", marker="o", markersize=4, ax=axes[1],
+                 legend=False)
+    axes[1].set(xlabel="generator iteration", ylabel="samples clipped", ylim=(-0.02, 1.02))
+    axes[1].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
