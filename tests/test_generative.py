@@ -6,6 +6,7 @@ import copy
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -225,12 +226,17 @@ def test_wbk_bound_is_above_the_poisson_analysis_and_tends_to_the_gaussian() -> 
     assert (a <= b).all()
 
 
+def _tiny_gswgan(train: TensorDataset, iterations: int) -> tuple[gswgan.GSWGANConfig, Any]:
+    """A 4-discriminator GS-WGAN config and its warm start, small enough for a test."""
+    cfg = gswgan.GSWGANConfig(num_discriminators=4, pretrain_steps=2, iterations=iterations, critic_iters=1,
+                              batch_size=8, noise_multiplier=1.0, width=8, log_every=1)
+    return cfg, gswgan.pretrain_discriminators(train, cfg, progress=False)
+
+
 @needs_data
 def test_gswgan_shards_are_disjoint_and_training_runs(mnist01: tuple[TensorDataset, TensorDataset]) -> None:
     train, _ = mnist01
-    cfg = gswgan.GSWGANConfig(num_discriminators=4, pretrain_steps=2, iterations=3, critic_iters=1, batch_size=8,
-                              noise_multiplier=1.0, width=8, log_every=1)
-    warm = gswgan.pretrain_discriminators(train, cfg, progress=False)
+    cfg, warm = _tiny_gswgan(train, iterations=3)
     shards = torch.cat(warm[1])
     assert len(shards) == len(set(shards.tolist())) == len(train.tensors[1])
     res = gswgan.train_gswgan(train, cfg, warm_start=warm, progress=False)
@@ -242,9 +248,7 @@ def test_gswgan_shards_are_disjoint_and_training_runs(mnist01: tuple[TensorDatas
 @needs_data
 def test_gswgan_logs_the_gradient_norms_the_sanitiser_clips(mnist01: tuple[TensorDataset, TensorDataset]) -> None:
     train, _ = mnist01
-    cfg = gswgan.GSWGANConfig(num_discriminators=4, pretrain_steps=2, iterations=2, critic_iters=1, batch_size=8,
-                              noise_multiplier=1.0, width=8, log_every=1)
-    warm = gswgan.pretrain_discriminators(train, cfg, progress=False)
+    cfg, warm = _tiny_gswgan(train, iterations=2)
     fractions = {}
     for C in (1e-6, 1e6):
         h = gswgan.train_gswgan(train, gswgan.GSWGANConfig(**(vars(cfg) | dict(max_grad_norm=C))),
