@@ -216,16 +216,10 @@ display(scores[cols].style.format(precision=3).set_caption(
 # data. They are diagnostics and are not covered by ε; a release would not publish them.
 
 # %%
-probe_k = min(8, num_discriminators)
-probe_set = torch.utils.data.TensorDataset(*(t[: probe_k * (n_train // num_discriminators)] for t in train_set.tensors))
-probe_rows = []
-for probe_lr in sorted({1e-4, 1e-3, pretrain_lr}):
-    probe_cfg = gswgan.GSWGANConfig(**(vars(config) | dict(num_discriminators=probe_k, pretrain_lr=probe_lr)))
-    probe_norms = gswgan.input_gradient_norms(gswgan.pretrain_discriminators(probe_set, probe_cfg, progress=False)[0],
-                                              *test_set[:256])
-    probe_rows.append(dict(pretrain_lr=probe_lr, pretrain_steps=pretrain_steps, discriminators=probe_k,
-                           median_gradient_norm=float(probe_norms.median()), clip_bound=max_grad_norm))
-display(pd.DataFrame(probe_rows).style.format({"pretrain_lr": "{:g}", "median_gradient_norm": "{:.2f}", "clip_bound": "{:g}"})
+probe = gswgan.warm_start_gradient_norms(train_set, config, learning_rates=sorted({1e-4, 1e-3, pretrain_lr}),
+                                        x=test_set.tensors[0][:256], y=test_set.tensors[1][:256],
+                                        discriminators=min(8, num_discriminators))
+display(probe.style.format({"pretrain_lr": "{:g}", "median_gradient_norm": "{:.2f}", "clip_bound": "{:g}"})
         .hide(axis="index"))
 
 # %% [markdown]

@@ -284,3 +284,20 @@ def test_input_gradient_norms_match_autograd_one_image_at_a_time() -> None:
             xi = x[i:i + 1].clone().requires_grad_(True)
             (g,) = torch.autograd.grad(D(xi, y[i:i + 1]).sum(), xi)
             assert torch.allclose(norms[k, i], g.norm(), rtol=1e-5)
+
+
+@needs_data
+def test_warm_start_gradient_norms_probe_the_first_shards(mnist01: tuple[TensorDataset, TensorDataset]) -> None:
+    train, test = mnist01
+    cfg = gswgan.GSWGANConfig(num_discriminators=4, pretrain_steps=2, critic_iters=1, batch_size=8, width=8)
+    x, y = test.tensors[0][:16], test.tensors[1][:16]
+    table = gswgan.warm_start_gradient_norms(train, cfg, learning_rates=[1e-3], x=x, y=y, discriminators=2)
+    shard = len(train.tensors[1]) // 4
+    first = TensorDataset(*(t[: 2 * shard] for t in train.tensors))
+    by_hand = gswgan.pretrain_discriminators(
+        first, gswgan.GSWGANConfig(**(vars(cfg) | dict(num_discriminators=2, pretrain_lr=1e-3))), progress=False)[0]
+    assert table.to_dict("records") == [dict(pretrain_lr=1e-3, pretrain_steps=2, discriminators=2,
+                                             median_gradient_norm=float(gswgan.input_gradient_norms(by_hand, x, y).median()),
+                                             clip_bound=1.0)]
+    with pytest.raises(ParameterError, match="discriminators"):
+        gswgan.warm_start_gradient_norms(train, cfg, learning_rates=[1e-3], x=x, y=y, discriminators=5)

@@ -346,6 +346,26 @@ def input_gradient_norms(discriminators: list[nn.Module], x: torch.Tensor, y: to
     return torch.stack(rows)
 
 
+def warm_start_gradient_norms(data: TensorDataset, config: GSWGANConfig, *, learning_rates: list[float],
+                              x: torch.Tensor, y: torch.Tensor, discriminators: int = 8) -> pd.DataFrame:
+    """Median :func:`input_gradient_norms` on ``(x, y)`` of a few warm-started discriminators, per warm-start rate.
+
+    The first ``discriminators * (N // K)`` records of ``data`` are split into shards of the size the full
+    warm start uses, and each rate in ``learning_rates`` warms them up with ``config``'s other settings.
+    One row per rate, with the clip bound C to compare against.
+    """
+    K = check_int("discriminators", discriminators, low=1, high=config.num_discriminators)
+    shard = len(data.tensors[1]) // config.num_discriminators
+    subset = TensorDataset(*(t[: K * shard] for t in data.tensors))
+    rows = []
+    for lr in learning_rates:
+        cfg = GSWGANConfig(**(vars(config) | dict(num_discriminators=K, pretrain_lr=lr)))
+        norms = input_gradient_norms(pretrain_discriminators(subset, cfg, progress=False)[0], x, y)
+        rows.append(dict(pretrain_lr=lr, pretrain_steps=config.pretrain_steps, discriminators=K,
+                         median_gradient_norm=float(norms.median()), clip_bound=config.max_grad_norm))
+    return pd.DataFrame(rows)
+
+
 def batch_mechanism_epsilon(*, noise_multiplier: float, num_discriminators: int, batch_size: int,
                             iterations: int, delta: float) -> float:
     """ε (WBK bound) when all B samples of a step share one discriminator (the paper's code).
