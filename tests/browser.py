@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"]
 # sphinx-thebe registers its loader script twice on every page; harmless, and known.
 KNOWN_CONSOLE_ERRORS = ("thebe",)
+SCREEN = (1280, 900)  # the viewport of every page, as a reader's laptop
+# Text of a Python warning as Python prints it ("...py:12: UserWarning: ...") or as tqdm does.
+WARNING_RE = re.compile(r"\b\w*Warning\b: |\bwarnings\.warn\(")
 
 
 @dataclass
@@ -30,6 +34,17 @@ class PageReport:
     math_errors: int = 0
     console_errors: list[str] = field(default_factory=list)
     failed_requests: list[str] = field(default_factory=list)
+    height_px: int = 0  # full page height, for "screens" (of SCREEN[1] px)
+    stderr_blocks: int = 0  # output blocks a cell wrote to stderr
+    output_blocks: int = 0
+    warnings: list[str] = field(default_factory=list)  # lines of visible text that look like a warning
+    paths: list[str] = field(default_factory=list)  # visible text naming a folder of the build machine
+    visible_injected_parameters: int = 0  # papermill's injected cell, shown on the page
+    wide_code_cells: int = 0  # code cells wider than the page (horizontal scroll bar)
+
+    @property
+    def screens(self) -> float:
+        return self.height_px / SCREEN[1]
 
 
 @contextmanager
@@ -51,8 +66,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def inspect_pages(urls: list[str], screenshot_dir: Path | None = None) -> list[PageReport]:
-    """Load each URL, wait for MathJax, and collect title, images, math and console errors."""
+def inspect_pages(urls: list[str], screenshot_dir: Path | None = None,
+                  machine_paths: tuple[str, ...] = ()) -> list[PageReport]:
+    """Load each URL, wait for MathJax, and collect what a reader would see on it.
+
+    Title, images, math and console errors; the output blocks and those from stderr; lines that
+    look like a warning; any of ``machine_paths`` (folders of the build machine) in the visible
+    text; a visible injected-parameters cell; code cells wider than the page. With
+    ``screenshot_dir``, a full-page screenshot of each page is saved there.
+    """
     from playwright.sync_api import sync_playwright
 
     reports = []
@@ -60,7 +82,7 @@ def inspect_pages(urls: list[str], screenshot_dir: Path | None = None) -> list[P
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             for url in urls:
-                page = browser.new_page()
+                page = browser.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
                 r = PageReport(url=url)
                 page.on("console", lambda m, r=r: r.console_errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e, r=r: r.console_errors.append(str(e)))
@@ -83,9 +105,21 @@ def inspect_pages(urls: list[str], screenshot_dir: Path | None = None) -> list[P
                 r.math_nodes = len(page.query_selector_all("article .math"))
                 r.math_rendered = len(page.query_selector_all("article .math mjx-container"))
                 r.math_errors = len(page.query_selector_all("mjx-merror"))
+                r.height_px = int(page.evaluate("() => document.documentElement.scrollHeight"))
+                r.output_blocks = len(page.query_selector_all("article .cell_output .output"))
+                r.stderr_blocks = len(page.query_selector_all("article .output.stderr"))
+                text = page.inner_text("article") if page.query_selector("article") else ""
+                r.warnings = [line.strip()[:200] for line in text.splitlines() if WARNING_RE.search(line)]
+                r.paths = sorted({p for p in machine_paths if p and p in text})
+                r.visible_injected_parameters = int(page.evaluate(
+                    "() => [...document.querySelectorAll('.tag_injected-parameters')]"
+                    ".filter(e => e.offsetParent !== null).length"))
+                r.wide_code_cells = int(page.evaluate(
+                    "() => [...document.querySelectorAll('article .cell_input pre')]"
+                    ".filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 2).length"))
                 if screenshot_dir is not None:
                     name = url.rstrip("/").split("/")[-1].replace(".html", "") or "index"
-                    page.screenshot(path=str(screenshot_dir / f"{name}.png"), full_page=False)
+                    page.screenshot(path=str(screenshot_dir / f"{name}.png"), full_page=True)
                 reports.append(r)
                 page.close()
         finally:

@@ -44,8 +44,13 @@ import yaml
 
 from dpnb import __version__
 from dpnb.params import ParameterError
+from dpnb.progress import ENV as PROGRESS_ENV
 
 PROFILES = ("smoke", "book", "gpu")
+#: Code and text outputs wrap at the page's width instead of scrolling sideways.
+PAGE_CSS = """\
+div.cell_input pre, div.cell_output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+"""
 MATHJAX_VERSION = "3.2.2"
 
 
@@ -143,8 +148,11 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
         (build / d).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"dpnb-{chapter.name}-", dir=build))
     out = scratch / f"{chapter.name}.ipynb"
-    old_env = {k: os.environ.get(k) for k in ("DPNB_RESULTS", "JUPYTER_PATH", "DPNB_CACHE")}
+    old_env = {k: os.environ.get(k) for k in ("DPNB_RESULTS", "JUPYTER_PATH", "DPNB_CACHE", PROGRESS_ENV)}
     os.environ["DPNB_RESULTS"] = str(scratch)
+    # No progress bars inside the pages: papermill would keep every redraw as an output block.
+    # This command prints one line per chapter instead (see main()).
+    os.environ[PROGRESS_ENV] = "0"
     # Cached features (dpnb.features) live with the build unless the user chose a place.
     os.environ["DPNB_CACHE"] = old_env["DPNB_CACHE"] or str(build / "cache")
     # Prefer the kernel installed in this environment over any user-wide "python3" kernel.
@@ -170,12 +178,32 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
                 os.environ[k] = v
         if not out.exists():
             shutil.rmtree(scratch, ignore_errors=True)
+    hide_injected_parameters(out)
     for csv in scratch.glob("*.csv"):  # the chapter's results and any extra tables it saved
         os.replace(csv, results.with_name(csv.name))
     os.replace(out, executed)
     key_file.write_text(key)
     shutil.rmtree(scratch, ignore_errors=True)
     return "executed"
+
+
+def hide_injected_parameters(notebook: Path) -> None:
+    """Tag papermill's injected-parameters cell ``remove-cell``: Jupyter Book leaves it out of the page.
+
+    The cell stays in the executed notebook (Binder, ``book/_build/executed``), where a reader can
+    see which profile ran; the page itself shows the ``parameters`` cell, the defaults.
+    """
+    nb = json.loads(notebook.read_text())
+    changed = False
+    for cell in nb["cells"]:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+            changed = True
+    if changed:
+        tmp = notebook.with_suffix(".tmp")
+        tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        os.replace(tmp, notebook)
 
 
 def find_mathjax(root: Path) -> Path | None:
@@ -218,6 +246,8 @@ def stage(root: Path, build: Path) -> Path:
         print("warning: no local MathJax (run `make setup`); the HTML will load it from a CDN",
               file=sys.stderr)
     _write_favicon(src / "_extra" / "favicon.ico")  # browsers ask for /favicon.ico on every site
+    # Jupyter Book adds every stylesheet under _static to every page.
+    (src / "_static" / "dpnb.css").write_text(PAGE_CSS)
     sphinx = config.setdefault("sphinx", {}).setdefault("config", {})
     sphinx["html_extra_path"] = ["_extra"]  # copied to the root of the HTML
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))

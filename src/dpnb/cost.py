@@ -169,12 +169,12 @@ def measure_grid(*, methods: Sequence[str] = METHODS, batch_sizes: Sequence[int]
     ``max_examples`` times about that many examples per run (``ceil(max_examples / batch)``
     steps), so that small and large batches are timed over a similar amount of work.
     """
-    from tqdm.auto import tqdm
+    from dpnb.progress import progress as progress_bar
 
     grid = [(m, b) for b in batch_sizes for m in methods]
     rows = [measure(method=m, batch_size=b, limit=limit, device=device, workload=workload, image_size=image_size,
                     max_batches=-(-max_examples // b) if max_examples else max_batches)
-            for m, b in tqdm(grid, desc="cost of privacy", disable=not progress)]
+            for m, b in progress_bar(grid, desc="cost of privacy", enable=progress)]
     df = pd.DataFrame(rows)
     base = df[df["method"] == "non-private"].set_index("batch_size")["seconds_per_epoch"]
     df["slowdown_vs_non_private"] = df["seconds_per_epoch"] / df["batch_size"].map(base)

@@ -174,7 +174,8 @@ def cifar10_tensors(*, split: str = "train", root: str | os.PathLike[str] | None
             x, y = x[idx], y[idx]
     else:  # decode; a subset decodes only its own images and is not cached
         import numpy as np
-        from tqdm.auto import tqdm
+
+        from dpnb.progress import progress as progress_bar
 
         ds = load_dataset("cifar10", split=split, root=root)
         y = targets(ds).clone()
@@ -183,8 +184,8 @@ def cifar10_tensors(*, split: str = "train", root: str | os.PathLike[str] | None
         if hasattr(ds, "data"):  # python batches: already an array
             x = torch.as_tensor(ds.data).permute(0, 3, 1, 2)[idx].contiguous()
         else:
-            x = torch.stack([torch.as_tensor(np.asarray(ds.loader(ds.samples[i][0]).convert("RGB"))).permute(2, 0, 1)
-                             for i in tqdm(idx.tolist(), desc=f"decode cifar10 {split}", disable=not progress,
+            x = torch.stack([torch.from_numpy(np.array(ds.loader(ds.samples[i][0]).convert("RGB"))).permute(2, 0, 1)
+                             for i in progress_bar(idx.tolist(), desc=f"decode cifar10 {split}", enable=progress,
                                            mininterval=10)])
         y = y[idx]
         if limit is None:

@@ -147,7 +147,7 @@ def _fuse_batchnorm(block: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm into the convolution before it (exact; DP needs no BatchNorm)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    for name, child in list(block.named_children()):
+    for child in list(block.children()):
         _fuse_batchnorm(child)
     names = list(block._modules)
     for a, b in zip(names, names[1:]):
@@ -221,7 +221,7 @@ def extract(dataset: Dataset, extractor: Callable[[torch.Tensor], torch.Tensor],
     ``key`` must describe the dataset, its transform and the extractor; the cache file name also
     hashes the source of :mod:`dpnb.scattering` and this module. Files are written atomically.
     """
-    from tqdm.auto import tqdm
+    from dpnb.progress import progress as progress_bar
 
     path = cache_dir() / f"{key.replace('/', '_')}-{_digest(key, len(dataset))}.pt"  # type: ignore[arg-type]
     if cache and path.is_file():
@@ -231,7 +231,7 @@ def extract(dataset: Dataset, extractor: Callable[[torch.Tensor], torch.Tensor],
         extractor = extractor.to(device).eval()
     feats, labels = [], []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    for x, y in tqdm(loader, desc=f"features {key}", disable=not progress, mininterval=10):
+    for x, y in progress_bar(loader, desc=f"features {key}", enable=progress, mininterval=10):
         feats.append(extractor(x.to(device)).to("cpu", torch.float16))
         labels.append(torch.as_tensor(y))
     out = FeatureSet(torch.cat(feats), torch.cat(labels))

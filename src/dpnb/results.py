@@ -55,12 +55,24 @@ class Results:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=COLUMNS)
 
-    def save(self) -> Path:
-        """Write ``<results_dir>/<chapter>.csv`` atomically and return its path."""
+    def save(self, **tables: pd.DataFrame) -> Path:
+        """Write ``<results_dir>/<chapter>.csv`` atomically and return its path.
+
+        Each extra table ``name=frame`` goes to ``<chapter>_<name>.csv`` beside it. Chapters print
+        only the file names, never the folder (a path of the machine that built the book).
+        """
         out = results_dir()
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{self.chapter}.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        self.frame().to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        save_csv(self.frame(), path)
+        for name, frame in tables.items():
+            save_csv(frame, out / f"{self.chapter}_{name}.csv")
         return path
+
+
+def save_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` to ``path`` atomically (a temporary file, then a rename); no index column."""
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
