@@ -1,6 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -22,7 +24,7 @@
 # This chapter derives the answer from three results: the Gaussian mechanism, Rényi
 # differential privacy (RDP) and its composition {cite:p}`mironov2017renyi`, and the RDP of the
 # *sampled* Gaussian mechanism {cite:p}`mironov2019sgm`. Each formula is implemented from
-# scratch in `dpnb.privacy` (open `src/dpnb/privacy.py` beside this page), plotted, and checked
+# scratch in `dpnb.privacy` (open `src/dpnb/privacy/rdp.py` beside this page), plotted, and checked
 # against Opacus {cite:p}`opacus2021`. We then reproduce the classic MNIST budget
 # {cite:p}`abadi2016deep`, explain why tools have printed three different ε for it over the
 # years, and calibrate the noise for a target ε.
@@ -49,17 +51,18 @@ profile = "book"
 # %% [markdown]
 # The cell above is the chapter's `parameters` cell: run it with your own numbers, e.g.
 # `papermill nbs/budget.ipynb out.ipynb -p noise_multiplier 0.8 -p epochs 30`. The next cell
-# rejects values outside their allowed range with a one-line message.
+# rejects values outside their allowed range with a one-line message. (The imports and checks are folded: click to show them.)
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from dpnb import accountants, plots, privacy
-from dpnb.params import check_choice, check_int, check_number
+from dpnb import dpsgd, plots, privacy
+from dpnb.params import check_choice, check_each, check_int, check_number
+from dpnb.privacy import compare
 from dpnb.results import Results
 
 dataset_size = check_int("dataset_size", dataset_size, low=1)
@@ -70,6 +73,9 @@ delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=Tru
 target_epsilon = check_number("target_epsilon", target_epsilon, low=0, low_open=True)
 max_epochs = check_number("max_epochs", max_epochs, low=0, low_open=True)
 curve_points = check_int("curve_points", curve_points, low=2, high=1000)
+crosscheck_sigmas = check_each("crosscheck_sigmas", crosscheck_sigmas, check_number, low=0.1, high=100)
+crosscheck_rates = check_each("crosscheck_rates", crosscheck_rates, check_number, low=0, high=1, low_open=True)
+crosscheck_steps = check_each("crosscheck_steps", crosscheck_steps, check_int, low=1, high=1_000_000)
 profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
 results = Results(chapter="budget", profile=profile)
 sample_rate, steps = privacy.sample_rate_and_steps(
@@ -247,7 +253,7 @@ fig = plots.conversion_curves(
 
 # %%
 t0 = time.perf_counter()
-check_df = accountants.crosscheck(
+check_df = compare.crosscheck(
     noise_multipliers=crosscheck_sigmas, sample_rates=crosscheck_rates, steps=crosscheck_steps, delta=delta
 )
 crosscheck_seconds = time.perf_counter() - t0
@@ -273,7 +279,7 @@ assert worst < 1e-6, "dpnb.privacy disagrees with Opacus's RDPAccountant"
 # orders, reads differently today:
 
 # %%
-reference_df = accountants.compare_accountants(
+reference_df = compare.compare_accountants(
     noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
 )
 display(reference_df.drop(columns="accountant").style.format(
@@ -282,7 +288,7 @@ display(reference_df.drop(columns="accountant").style.format(
 # %%
 for row in reference_df.itertuples():
     results.add(experiment="reference run", dataset=f"N={dataset_size}", model="DP-SGD", dp=True,
-                epsilon=row.epsilon, delta=delta, accountant=f"{row.accountant} (Poisson sampling)",
+                epsilon=row.epsilon, delta=delta, accountant=dpsgd.accountant_label(row.accountant),
                 metric="epsilon", value=row.epsilon, seconds=row.seconds)
 
 # %%
@@ -317,14 +323,14 @@ display(Markdown(
 calib = []
 for accountant in ("rdp", "prv"):
     t0 = time.perf_counter()
-    sigma = privacy.calibrate_noise_multiplier(target_epsilon=target_epsilon, sample_rate=sample_rate,
-                                               steps=steps, delta=delta, accountant=accountant)
+    plan = privacy.SampledGaussianEvent(None, sample_rate, steps)  # Poisson sampling, add/remove
+    sigma = privacy.calibrate_noise_multiplier(plan, target_epsilon=target_epsilon, delta=delta,
+                                               accountant=accountant)
     seconds = time.perf_counter() - t0
-    eps = privacy.epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
-                          accountant=accountant)
+    eps = privacy.epsilon(plan.with_noise(sigma), delta=delta, accountant=accountant)
     calib.append({"accountant": accountant, "noise_multiplier": sigma, "epsilon reached": eps, "seconds": seconds})
     results.add(experiment="noise calibration", dataset=f"N={dataset_size}", model="DP-SGD", dp=True,
-                epsilon=eps, delta=delta, accountant=f"{accountant} (Poisson sampling)",
+                epsilon=eps, delta=delta, accountant=dpsgd.accountant_label(accountant),
                 metric="noise_multiplier", value=sigma, seconds=seconds)
 calib_df = pd.DataFrame(calib)
 display(calib_df.style.format({"noise_multiplier": "{:.4f}", "epsilon reached": "{:.4f}", "seconds": "{:.2f}"}))
@@ -369,4 +375,4 @@ fig = plots.epsilon_vs_epochs(curve_df, delta=delta, accountant="RDP accountant,
 # %%
 path = results.save()
 display(results.frame())
-print(f"saved {path}")
+print(f"saved {path.name}")

@@ -1,6 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -67,15 +69,15 @@ backbone_epochs = 4
 profile = "book"
 
 # %% [markdown]
-# Every parameter is checked first; a bad value stops here with a one-line message naming it.
+# Every parameter is checked first; a bad value stops here with a one-line message naming it. (The imports and checks are folded: click to show them.)
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import data, features, models, plots, scale
-from dpnb.params import check_choice, check_int, check_number
+from dpnb import data, dpsgd, features, models, plots, scale
+from dpnb.params import check_choice, check_each, check_int, check_number
 from dpnb.published import published
 from dpnb.results import Results
 from dpnb.train import TrainConfig, select_device, train
@@ -103,7 +105,7 @@ ARCHITECTURES = {  # each changes one thing from the first (widths relative to c
     "deep (1/2 width, 3 stages)": dict(activation="tanh", width=cnn_width // 2, depth=3),
 }
 ARCHITECTURES = {k: dict(width=cnn_width) | v for k, v in ARCHITECTURES.items()}
-architectures = [check_choice("architectures", a, ARCHITECTURES) for a in architectures]
+architectures = check_each("architectures", architectures, check_choice, ARCHITECTURES)
 scatter_limit = None if scatter_limit is None else check_int("scatter_limit", scatter_limit, low=100, high=50_000)
 scatter_epochs = check_int("scatter_epochs", scatter_epochs, low=1)
 scatter_batch_size = check_int("scatter_batch_size", scatter_batch_size, low=1, high=scatter_limit or 50_000)
@@ -120,8 +122,8 @@ scale_model = check_choice("scale_model", scale_model, ["cnn", "wrn-16-4"])
 scale_epochs = check_int("scale_epochs", scale_epochs, low=1)
 scale_batch_size = check_int("scale_batch_size", scale_batch_size, low=1, high=n_cnn)
 scale_learning_rate = check_number("scale_learning_rate", scale_learning_rate, low=0, low_open=True)
-scale_multiplicities = [check_int("scale_multiplicities", k, low=0, high=64) for k in scale_multiplicities]
-scale_epsilons = [check_number("scale_epsilons", e, low=0, low_open=True) for e in scale_epsilons]
+scale_multiplicities = check_each("scale_multiplicities", scale_multiplicities, check_int, low=0, high=64)
+scale_epsilons = check_each("scale_epsilons", scale_epsilons, check_number, low=0, low_open=True)
 ema_decay = check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
 backbone_weights = check_choice("backbone_weights", backbone_weights, ["imagenet", "none"])
 backbone_limit = check_int("backbone_limit", backbone_limit, low=100, high=50_000)
@@ -129,7 +131,7 @@ backbone_epochs = check_int("backbone_epochs", backbone_epochs, low=1)
 profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
 torch.manual_seed(seed)
 results = Results(chapter="cifar10", profile=profile)
-ACCOUNTANT = "prv (Poisson sampling)"
+ACCOUNTANT = dpsgd.accountant_label("prv")
 summary_rows: list[dict] = []  # one row per variant, for the closing figure and table
 print(f"device: {device}; torch threads: {torch.get_num_threads()}")
 
@@ -195,10 +197,10 @@ display(Markdown(f"Same model, same {cnn_epochs} epochs on {len(train_cnn)} imag
 # trained with the same data, epochs, learning rate, clipping norm and ε.
 
 # %%
-from tqdm.auto import tqdm
+from dpnb.progress import progress
 
 arch_rows = []
-for name in tqdm(architectures, desc="architectures"):
+for name in progress(architectures, desc="architectures"):
     model = models.cifar_cnn(**ARCHITECTURES[name])
     run = priv if name == "tanh + GroupNorm" else train(model, train_cnn, test_set, dp_config(), progress=False)
     row = run.summary() | dict(architecture=name, parameters=sum(p.numel() for p in model.parameters()))
@@ -293,7 +295,8 @@ lin_cfg = dp_config(epochs=scatter_epochs, batch_size=scatter_batch_size, lr=sca
 views = 2 if scatter_flips else 1
 scatter_runs["ScatterNet + linear"] = train_linear(
     normalized("train", scatter_linear_groups, views=scatter_flips),
-    normalized("test", scatter_linear_groups, views=scatter_flips), lin_cfg, views=views, test_views=views)
+    normalized("test", scatter_linear_groups, views=scatter_flips), lin_cfg, views=views, test_views=views,
+    num_classes=data.NUM_CLASSES["cifar10"])
 cnn_cfg = dp_config(epochs=scatter_cnn_epochs, batch_size=scatter_cnn_batch_size, lr=scatter_cnn_learning_rate,
                     max_grad_norm=scatter_max_grad_norm)
 scatter_runs["ScatterNet + CNN"] = train(models.scatter_cnn(in_channels=raw["train"].shape[0], num_classes=10,
@@ -367,7 +370,7 @@ if k_max > 0:
     scale_variants.append(dict(name=f"K = {k_max} + EMA + WS", multiplicity=k_max, ema=True, ws=True))
 scale_rows = []
 for eps in scale_epsilons:
-    for v in tqdm(scale_variants, desc=f"scale, ε = {eps:g}"):
+    for v in progress(scale_variants, desc=f"scale, ε = {eps:g}"):
         run = scale.train_augmult(scale_model_fn(v["ws"]), train_cnn, test_set, epochs=scale_epochs,
                                   batch_size=scale_batch_size, lr=scale_learning_rate, max_grad_norm=cnn_max_grad_norm,
                                   delta=delta, target_epsilon=eps, multiplicity=v["multiplicity"],
@@ -481,4 +484,4 @@ display(Markdown("\n".join([
 
 # %%
 path = results.save()
-print(f"saved {len(results.rows)} rows to {path}")
+print(f"saved {len(results.rows)} rows to {path.name}")

@@ -1,6 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -63,17 +65,17 @@ device = "auto"  # auto (CUDA when present), cpu or cuda
 profile = "book"
 
 # %% [markdown]
-# Every parameter is checked first; a bad value stops here with a one-line message naming it.
+# Every parameter is checked first; a bad value stops here with a one-line message naming it. (The imports and checks are folded: click to show them.)
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import data, gan, metrics, plots
-from dpnb.params import check_choice, check_int, check_number
+from dpnb import data, dpsgd, gan, metrics, plots
+from dpnb.params import check_choice, check_each, check_int, check_number
 from dpnb.results import Results
 from dpnb.train import select_device
 
@@ -82,8 +84,8 @@ n_train = limit or 60_000
 loss = check_choice("loss", loss, gan.LOSSES)
 steps = check_int("steps", steps, low=1)
 batch_size = check_int("batch_size", batch_size, low=1, high=n_train)
-epsilons = [check_number("epsilons", e, low=0, low_open=True) for e in epsilons]
-variants = [check_choice("variants", v, gan.LOSSES) for v in variants]
+epsilons = check_each("epsilons", epsilons, check_number, low=0, low_open=True)
+variants = check_each("variants", variants, check_choice, gan.LOSSES)
 variant_epsilon = check_number("variant_epsilon", variant_epsilon, low=0, low_open=True)
 variant_steps = check_int("variant_steps", variant_steps, low=1)
 nonprivate_steps = check_int("nonprivate_steps", nonprivate_steps, low=1)
@@ -146,7 +148,7 @@ def run(loss_name: str, *, dp: bool, target_epsilon: float | None, n_steps: int)
     cfg = gan.GANConfig(loss=loss_name, steps=n_steps, batch_size=batch_size,
                         generator_every=1, lr_d=lr_d, lr_g=lr_g, dp=dp, target_epsilon=target_epsilon,
                         max_grad_norm=max_grad_norm, delta=delta, z_dim=z_dim, width=width, seed=seed,
-                        device=device)
+                        num_classes=data.NUM_CLASSES["mnist"], device=device)
     res = gan.train_gan(train_set, cfg)
     synth = gan.sample(res.generator, n=samples, seed=seed)
     t = time.perf_counter()
@@ -158,7 +160,7 @@ def run(loss_name: str, *, dp: bool, target_epsilon: float | None, n_steps: int)
     for metric in ("fid", "inception_score", *downstream_models):
         results.add(experiment=f"{loss_name} generator", dataset="MNIST", model=f"{loss_name} GAN", dp=dp,
                     epsilon=res.epsilon.get("prv"), delta=delta if dp else None,
-                    accountant="prv (Poisson sampling)" if dp else "",
+                    accountant=dpsgd.accountant_label("prv") if dp else "",
                     metric=judge.metric_name(metric), value=scores[metric],
                     seconds=res.seconds)
     generators[row["label"]] = (res, synth)
@@ -181,7 +183,7 @@ display(main[cols].style.format(precision=3).set_caption(
 # (post-processing, free of budget).
 
 # %%
-for label, (res, synth) in generators.items():
+for label, (_res, synth) in generators.items():
     x, y = synth.tensors
     plots.sample_grid(x, y, per_class=8, title=f"MNIST DP-GAN samples: {label} (δ = {delta:g}, PRV)")
 
@@ -257,6 +259,5 @@ display(Markdown("\n".join(lines)))
 # `gpu` profile in `book/profiles.yml`.
 
 # %%
-path = results.save()
-scores.to_csv(path.with_name("dpgan_generators.csv"), index=False)
-print(f"results: {path} and {path.with_name('dpgan_generators.csv')}")
+path = results.save(generators=scores)
+print(f"saved {len(results.rows)} rows to {path.name}, and dpgan_generators.csv")

@@ -1,6 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -61,21 +63,20 @@ limit = None  # a seeded subset of each split (None: all images)
 profile = "book"
 
 # %% [markdown]
-# Every parameter is checked first; a bad value stops here with a one-line message naming it.
+# Every parameter is checked first; a bad value stops here with a one-line message naming it. (The imports and checks are folded: click to show them.)
 
-# %%
+# %% tags=["hide-input"]
 from dataclasses import replace
 
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import cost, models, plots, privacy
-from dpnb.params import check_choice, check_int, check_number
+from dpnb import cost, dpsgd, models, plots, privacy
+from dpnb.params import check_choice, check_each, check_int, check_number
 from dpnb.results import Results
-from dpnb.train import TrainConfig, select_device, train
-from dpnb.transfer import (FLOWERS_SPLIT_SIZES, accuracies, flowers_features, frozen_features,
-                           resolve_features)
+from dpnb.train import TrainConfig, opacus_steps_per_epoch, select_device, train
+from dpnb.transfer import FLOWERS_SPLIT_SIZES, accuracies, flowers_features, frozen_features, resolve_features
 
 split = check_choice("split", split, ["official", "large"])
 limit = None if limit is None else check_int("limit", limit, low=102)
@@ -97,10 +98,10 @@ seed = check_int("seed", seed, low=0)
 baseline_epochs = check_int("baseline_epochs", baseline_epochs, low=1)
 baseline_learning_rate = check_number("baseline_learning_rate", baseline_learning_rate, low=0, low_open=True)
 deep_learning_rate = check_number("deep_learning_rate", deep_learning_rate, low=0, low_open=True)
-stats_epsilons = [check_number("stats_epsilons", e, low=0, low_open=True) for e in stats_epsilons]
-stats_batch_sizes = [check_int("stats_batch_sizes", b, low=1, high=n_train) for b in stats_batch_sizes]
-cost_batch_sizes = [check_int("cost_batch_sizes", b, low=1, high=n_train) for b in cost_batch_sizes]
-cost_methods = [check_choice("cost_methods", m, cost.METHODS) for m in cost_methods]
+stats_epsilons = check_each("stats_epsilons", stats_epsilons, check_number, low=0, low_open=True)
+stats_batch_sizes = check_each("stats_batch_sizes", stats_batch_sizes, check_int, low=1, high=n_train)
+cost_batch_sizes = check_each("cost_batch_sizes", cost_batch_sizes, check_int, low=1, high=n_train)
+cost_methods = check_each("cost_methods", cost_methods, check_choice, cost.METHODS)
 cost_steps = check_int("cost_steps", cost_steps, low=1)
 profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
 device = select_device(device).type  # device cuda without CUDA stops here
@@ -122,20 +123,21 @@ print(f"device: {device}; features: {extractor_why}")
 # $q = B/N$, so the same σ buys a smaller noise on the average. With 10 images per class the
 # official split leaves DP-SGD very little room; the larger-training split (the 6149-image
 # official *test* split used for training, train + val for testing) gives it six times more.
-# Below: σ calibrated for this chapter's ε and epochs at $q = B/N$ for the batch size above,
-# on each split.
+# Below: σ calibrated for this chapter's ε and epochs at the rate training samples at,
+# $q = 1/\lceil N/B \rceil$ (expected batch $qN$), for the batch size above, on each split.
 
 # %%
 rows = []
 for name, (n_tr, n_te) in FLOWERS_SPLIT_SIZES.items():
     b = min(batch_size, n_tr)
-    q, steps = privacy.sample_rate_and_steps(dataset_size=n_tr, batch_size=b, epochs=epochs)
+    q, steps_per_epoch = dpsgd.poisson_rate(dataset_size=n_tr, batch_size=b)
+    steps = epochs * opacus_steps_per_epoch(q)  # what Opacus's sampler runs
     eps = target_epsilon or 8.0
-    sigma = privacy.calibrate_noise_multiplier(target_epsilon=eps, sample_rate=q, steps=steps, delta=delta,
-                                               accountant="prv")
+    sigma = privacy.calibrate_noise_multiplier(privacy.SampledGaussianEvent(None, q, steps), target_epsilon=eps,
+                                               delta=delta, accountant="prv")
     rows.append(dict(split=name, train_images=n_tr, test_images=n_te, images_per_class=n_tr / 102,
                      batch_size=b, sample_rate=q, steps=steps, epsilon=eps, noise_multiplier=sigma,
-                     noise_on_mean_gradient=sigma * max_grad_norm / b))
+                     noise_on_mean_gradient=sigma * max_grad_norm / (q * n_tr)))
 splits = pd.DataFrame(rows)
 display(splits.style.format({"images_per_class": "{:.0f}", "sample_rate": "{:.3f}", "noise_multiplier": "{:.2f}",
                              "noise_on_mean_gradient": "{:.2e}"}).hide(axis="index"))
@@ -197,7 +199,7 @@ def record(row: dict, experiment: str) -> None:
     for metric in ("top1", "top5"):
         results.add(experiment=experiment, dataset=f"Flowers-102 {split}", model=f"{fd.extractor}+{row['head']}",
                     dp=row["dp"], epsilon=row["epsilon"] if row["dp"] else None, delta=delta if row["dp"] else None,
-                    accountant="prv (Poisson sampling)" if row["dp"] else "", metric=f"test_{metric}_accuracy",
+                    accountant=dpsgd.accountant_label("prv") if row["dp"] else "", metric=f"test_{metric}_accuracy",
                     value=row[metric], seconds=row["seconds"])
 
 
@@ -248,9 +250,9 @@ display(Markdown("Test accuracy (top-1 / top-5): " + "; ".join(
 # %%
 grid_rows = []
 if dp:
-    from tqdm.auto import tqdm
+    from dpnb.progress import progress
 
-    for b in tqdm(stats_batch_sizes, desc="batch sizes"):
+    for b in progress(stats_batch_sizes, desc="batch sizes"):
         for eps in stats_epsilons:
             cfg = replace(main_config, batch_size=b, lr=learning_rate * b / batch_size, noise_multiplier=None,
                           target_epsilon=eps)
@@ -322,4 +324,4 @@ display(Markdown("ResNet-18 on Flowers, mean slowdown per step over non-private 
 
 # %%
 path = results.save()
-print(f"saved {len(results.rows)} rows to {path}")
+print(f"saved {len(results.rows)} rows to {path.name}")

@@ -1,6 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -58,16 +60,16 @@ device = "auto"  # auto (CUDA when present), cpu or cuda
 profile = "book"
 
 # %% [markdown]
-# Every parameter is checked first; a bad value stops here with a one-line message naming it.
+# Every parameter is checked first; a bad value stops here with a one-line message naming it. (The imports and checks are folded: click to show them.)
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import data, gan, gswgan, metrics, plots, privacy
+from dpnb import data, gan, gswgan, metrics, plots
 from dpnb.params import check_choice, check_int, check_number
 from dpnb.results import Results
 from dpnb.train import select_device
@@ -159,7 +161,8 @@ config = gswgan.GSWGANConfig(num_discriminators=num_discriminators, pretrain_ste
                              iterations=iterations, critic_iters=critic_iters, batch_size=batch_size, dp=True,
                              noise_multiplier=sigma, max_grad_norm=max_grad_norm, delta=delta, lr=lr,
                              pretrain_lr=pretrain_lr,
-                             z_dim=z_dim, width=width, seed=seed, device=device)
+                             z_dim=z_dim, width=width, seed=seed, num_classes=data.NUM_CLASSES["mnist"],
+                             device=device)
 t0 = time.perf_counter()
 warm = gswgan.pretrain_discriminators(train_set, config.validated(len(train_set)))
 warm_seconds = time.perf_counter() - t0
@@ -243,7 +246,7 @@ fig = plots.sanitiser_gradients(history, max_grad_norm=max_grad_norm,
 # ## 3. Samples
 
 # %%
-for label, (res, synth) in runs.items():
+for label, (_res, synth) in runs.items():
     plots.sample_grid(*synth.tensors, per_class=8, title=f"MNIST GS-WGAN samples: {label} (δ = {delta:g})")
 
 # %%
@@ -266,7 +269,7 @@ display(Markdown(
     f"composition: {dp_row['epsilon_rdp_poisson']:.2f}). {judge.fid_name}: {dp_row['fid']:.1f}, "
     f"IS {dp_row['inception_score']:.2f}, "
     + ", ".join(f"{m} {dp_row[m]:.1%}" for m in downstream_models) + ".\n"
-    f"* Paper (ε = 10): Inception FID 61.34, IS 9.23. "
+    "* Paper (ε = 10): Inception FID 61.34, IS 9.23. "
     + ("Our FID is a classifier FID, on another scale: compare the IS and the downstream accuracies."
        if judge.fid_name != "Inception FID" else "") + "\n"
     + (f"* At this budget the DP generator has not learnt digits: its downstream CNN accuracy is "
@@ -297,8 +300,5 @@ display(Markdown(
 # iterations.
 
 # %%
-path = results.save()
-scores.to_csv(path.with_name("gswgan_generators.csv"), index=False)
-history.to_csv(path.with_name("gswgan_history.csv"), index=False)
-accounting.to_csv(path.with_name("gswgan_accounting.csv"), index=False)
-print(f"results: {path}")
+path = results.save(generators=scores, history=history, accounting=accounting)
+print(f"saved {len(results.rows)} rows to {path.name}, and gswgan_generators/history/accounting.csv")

@@ -1,6 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -53,18 +55,17 @@ seed = 0
 profile = "book"
 
 # %% [markdown]
-# Every parameter is checked first; a bad value stops here with a one-line message.
+# Every parameter is checked first; a bad value stops here with a one-line message. (The imports and checks are folded: click to show them.)
 
-# %%
-import time
+# %% tags=["hide-input"]
 
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
-from tqdm.auto import tqdm
 
-from dpnb import cost, data, models, plots
-from dpnb.params import check_choice, check_int, check_number
+from dpnb import cost, data, dpsgd, models, plots
+from dpnb.params import check_choice, check_each, check_int, check_number
+from dpnb.progress import progress
 from dpnb.published import published
 from dpnb.results import Results
 from dpnb.train import TrainConfig, select_device, train
@@ -77,14 +78,16 @@ learning_rate = check_number("learning_rate", learning_rate, low=0, low_open=Tru
 momentum = check_number("momentum", momentum, low=0, high=1, high_open=True)
 max_grad_norm = check_number("max_grad_norm", max_grad_norm, low=0, low_open=True)
 delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
-target_epsilons = [check_number("target_epsilons", e, low=0, low_open=True) for e in target_epsilons]
+target_epsilons = check_each("target_epsilons", target_epsilons, check_number, low=0, low_open=True)
 accountant = check_choice("accountant", accountant, ["prv", "rdp"])
 grad_sample_mode = check_choice("grad_sample_mode", grad_sample_mode, ["hooks", "functorch", "ghost"])
 baseline_epochs = check_int("baseline_epochs", baseline_epochs, low=1)
 baseline_batch_size = check_int("baseline_batch_size", baseline_batch_size, low=1, high=n_train)
 sweep_limit = check_int("sweep_limit", sweep_limit, low=100, high=n_train)
-sweep_batch_sizes = [check_int("sweep_batch_sizes", b, low=1, high=sweep_limit) for b in sweep_batch_sizes]
-cost_batch_sizes = [check_int("cost_batch_sizes", b, low=1, high=n_train) for b in cost_batch_sizes]
+sweep_max_grad_norms = check_each("sweep_max_grad_norms", sweep_max_grad_norms, check_number, low=0, low_open=True)
+cost_methods = check_each("cost_methods", cost_methods, check_choice, cost.METHODS)
+sweep_batch_sizes = check_each("sweep_batch_sizes", sweep_batch_sizes, check_int, low=1, high=sweep_limit)
+cost_batch_sizes = check_each("cost_batch_sizes", cost_batch_sizes, check_int, low=1, high=n_train)
 cost_examples = None if cost_examples is None else check_int("cost_examples", cost_examples, low=1)
 device = select_device(device).type
 profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
@@ -132,7 +135,8 @@ display(baseline.history[["epoch", "loss", "train_accuracy", "test_accuracy", "s
 # `PrivacyEngine.make_private`):
 #
 # 1. **Poisson sampling.** The data loader draws each example into each batch independently
-#    with probability $q = B/N$, so batch sizes vary; this is the sampling the accountant assumes.
+#    with probability $q = 1/\lceil N/B \rceil \approx B/N$ (Opacus's rate; the expected batch is $qN$), so
+#    batch sizes vary; this is the sampling the accountant assumes.
 # 2. **Per-example gradients and clipping.** Each example's gradient is clipped to norm $C$
 #    (`max_grad_norm`); with `ghost` clipping Opacus computes per-example gradient *norms* without
 #    materialising the gradients {cite:p}`li2022large`.
@@ -165,12 +169,12 @@ def dp_config(target_epsilon: float, **overrides) -> TrainConfig:
 
 # %%
 curve_rows, curve_histories = [], []
-for eps in tqdm(target_epsilons, desc="target epsilons"):
+for eps in progress(target_epsilons, desc="target epsilons"):
     run = train(models.mnist_cnn(), train_set, test_set, dp_config(eps), progress=False)
     curve_rows.append(run.summary())
     curve_histories.append(run.history.assign(run=f"DP, ε = {eps:g}"))
     results.add(experiment="privacy-utility", dataset="MNIST", model="mnist_cnn", dp=True,
-                epsilon=run.epsilon[accountant], delta=delta, accountant=f"{accountant} (Poisson sampling)",
+                epsilon=run.epsilon[accountant], delta=delta, accountant=dpsgd.accountant_label(accountant),
                 metric="test_accuracy", value=run.test_accuracy, seconds=run.seconds)
 curve = pd.DataFrame(curve_rows)
 display(curve[["target_epsilon", "noise_multiplier", "steps", "epsilon_prv", "epsilon_rdp", "test_accuracy",
@@ -231,13 +235,13 @@ sweep_set = data.mnist_tensors("mnist", split="train", limit=sweep_limit, seed=s
 grid = [dict(max_grad_norm=c, batch_size=batch_size) for c in sweep_max_grad_norms] + [
     dict(max_grad_norm=max_grad_norm, batch_size=b) for b in sweep_batch_sizes if b != batch_size]
 sweep_rows = []
-for overrides in tqdm(grid, desc="sweep"):
+for overrides in progress(grid, desc="sweep"):
     run = train(models.mnist_cnn(), sweep_set, test_set,
                 dp_config(sweep_epsilon, epochs=sweep_epochs, **overrides), progress=False)
     sweep_rows.append(run.summary())
     results.add(experiment=f"sweep C={overrides['max_grad_norm']:g} B={overrides['batch_size']}",
                 dataset=f"MNIST subset {sweep_limit}", model="mnist_cnn", dp=True, epsilon=run.epsilon[accountant],
-                delta=delta, accountant=f"{accountant} (Poisson sampling)", metric="test_accuracy",
+                delta=delta, accountant=dpsgd.accountant_label(accountant), metric="test_accuracy",
                 value=run.test_accuracy, seconds=run.seconds)
 sweep = pd.DataFrame(sweep_rows)
 display(sweep[["max_grad_norm", "batch_size", "noise_multiplier", "steps", "epsilon", "test_accuracy"]]
@@ -316,4 +320,4 @@ display(Markdown("Mean slowdown over non-private training across the batch sizes
 
 # %%
 path = results.save()
-print(f"saved {len(results.rows)} rows to {path}")
+print(f"saved {len(results.rows)} rows to {path.name}")

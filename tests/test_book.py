@@ -48,8 +48,9 @@ def test_budget_results_match_the_library(smoke_build: Path) -> None:
     q, steps = privacy.sample_rate_and_steps(dataset_size=60_000, batch_size=256, epochs=5)  # smoke epochs
     ref = df[df["experiment"] == "reference run"].set_index("accountant")["value"]
     expected = privacy.rdp_epsilon(noise_multiplier=1.1, sample_rate=q, steps=steps, delta=1e-5)[0]
-    assert ref["rdp (Poisson sampling)"] == pytest.approx(expected)
-    assert ref["prv (Poisson sampling)"] < ref["rdp (Poisson sampling)"] < ref["rdp-mironov (Poisson sampling)"]
+    assert ref["rdp (Poisson sampling, add/remove)"] == pytest.approx(expected)
+    label = "{} (Poisson sampling, add/remove)".format
+    assert ref[label("prv")] < ref[label("rdp")] < ref[label("rdp-mironov")]
 
 
 def test_unchanged_chapter_is_not_re_executed(smoke_build: Path) -> None:
@@ -120,15 +121,39 @@ def _require_chromium() -> None:
         pytest.skip("Chromium is not installed (make test installs it: apt-get install chromium)")
 
 
-def test_pages_render_in_chromium(smoke_build: Path, tmp_path: Path) -> None:
+#: Full-page screenshots of the smoke build and a table of page heights, for a person to look at.
+SCREENSHOTS = ROOT / "book" / "_build" / "screenshots" / "smoke"
+
+
+def _machine_paths(smoke_build: Path) -> tuple[str, ...]:
+    """Folders of the machine that built the book; none may appear in a page's text."""
+    import sys
+    import tempfile
+
+    return (str(ROOT), str(smoke_build), sys.prefix, str(Path.home()), tempfile.gettempdir() + "/",
+            "site-packages")
+
+
+def test_pages_render_in_chromium(smoke_build: Path) -> None:
     _require_chromium()
     from browser import inspect_pages, serve, unexpected_errors
 
     html = smoke_build / "html"
     pages = ["index"] + book.toc_entries(ROOT)
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    SCREENSHOTS.mkdir(parents=True)
     with serve(html) as base:
-        reports = inspect_pages([f"{base}/{p}.html" for p in pages], screenshot_dir=tmp_path)
+        reports = inspect_pages([f"{base}/{p}.html" for p in pages], screenshot_dir=SCREENSHOTS,
+                                machine_paths=_machine_paths(smoke_build))
+    pd.DataFrame([dict(page=p, screens=round(r.screens, 1), output_blocks=r.output_blocks,
+                       stderr_blocks=r.stderr_blocks, wide_code_cells=r.wide_code_cells)
+                  for p, r in zip(pages, reports)]).to_csv(SCREENSHOTS / "pages.csv", index=False)
     for page, r in zip(pages, reports):
+        assert r.stderr_blocks == 0, f"{page}: {r.stderr_blocks} stderr output blocks"
+        assert not r.warnings, (page, r.warnings[:3])
+        assert not r.paths, f"{page} shows folders of the build machine: {r.paths}"
+        assert r.visible_injected_parameters == 0, f"{page}: papermill's injected-parameters cell is visible"
+        assert r.wide_code_cells == 0, f"{page}: {r.wide_code_cells} code cells scroll sideways"
         assert r.title and r.h1, page
         assert r.h1.strip().rstrip("#") in r.title, page
         assert not r.broken_images, (page, r.broken_images)
@@ -155,6 +180,8 @@ def test_chapter_opens_from_disk(smoke_build: Path) -> None:
 
 @pytest.mark.parametrize("chapter,parameters,message", [
     ("mnist", {"batch_size": 0}, "batch_size must be an integer in [1, 60000], got 0"),
+    ("mnist", {"target_epsilons": "[-1]"},  # what `papermill -p target_epsilons "[-1]"` hands the notebook
+     """target_epsilons must be a list, got the string '[-1]' (papermill -p passes text: give lists as -y"""),
     ("cifar10", {"epsilon": -1}, "epsilon must be > 0, got -1"),
     ("cifar10", {"architectures": ["ReLU + BatchNorm"]}, "architectures must be one of"),
     ("cifar10", {"scale_model": "vgg"}, "scale_model must be one of"),

@@ -84,7 +84,8 @@ def test_one_step_adds_noise_of_std_sigma_C_over_batch():
     zero = nn.Linear(d, 10)
     nn.init.zeros_(zero.weight), nn.init.zeros_(zero.bias)
     gw, gb, _ = clipped_gradient_sum(zero, x, y, max_grad_norm=C)
-    noise = -torch.cat([run.model.weight.detach().flatten(), run.model.bias.detach()]) * n - torch.cat([gw.flatten(), gb])
+    update = torch.cat([run.model.weight.detach().flatten(), run.model.bias.detach()])
+    noise = -update * n - torch.cat([gw.flatten(), gb])
     assert noise.std().item() == pytest.approx(sigma * C, rel=0.03)
     assert abs(noise.mean().item()) < 4 * sigma * C / math.sqrt(noise.numel())
 
@@ -94,14 +95,14 @@ def test_target_epsilon_is_met_and_accounted_like_opacus_loader():
     x = torch.randn(1000, 6, generator=g)
     y = (x[:, 0] + x[:, 1] > 0).long()
     cfg = TrainConfig(epochs=4, batch_size=300, lr=2.0, momentum=0.9, target_epsilon=3.0, max_grad_norm=1.0, seed=3)
-    run = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, progress=False)
+    run = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, num_classes=2, progress=False)
     assert run.steps == 4 * math.ceil(1000 / 300) and run.sample_rate == pytest.approx(1 / 4)
     assert run.epsilon["prv"] == pytest.approx(3.0, abs=0.01)
     assert run.epsilon["prv"] == pytest.approx(privacy.prv_epsilon(noise_multiplier=run.noise_multiplier,
                                                                    sample_rate=0.25, steps=16, delta=1e-5))
     assert run.test_accuracy > 0.85
     assert list(run.history["epoch"]) == [1, 2, 3, 4]
-    again = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, progress=False)
+    again = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, num_classes=2, progress=False)
     torch.testing.assert_close(again.model.weight, run.model.weight)  # same seed, same run
 
 
@@ -111,16 +112,18 @@ def test_views_train_and_test_time_augmentation():
     y = (x[:, 0] - x[:, 3] > 0).long()
     two = torch.stack([x, x + 0.1 * torch.randn(x.shape, generator=g)], dim=1)   # (N, 2, d)
     cfg = TrainConfig(epochs=3, batch_size=100, lr=1.0, momentum=0.9, target_epsilon=4.0, max_grad_norm=1.0)
-    one = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, progress=False)
-    run = train_linear(TensorDataset(two, y), TensorDataset(two, y), cfg, views=2, test_views=2, progress=False)
+    one = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, num_classes=2, progress=False)
+    run = train_linear(TensorDataset(two, y), TensorDataset(two, y), cfg, views=2, test_views=2, num_classes=2,
+                       progress=False)
     assert run.noise_multiplier == one.noise_multiplier and run.epsilon == one.epsilon  # ε does not depend on K
     assert run.test_accuracy > 0.85 and run.model.weight.shape == (2, 4)
-    plain = train_linear(TensorDataset(two, y), TensorDataset(x, y), cfg, views=2, progress=False)
+    plain = train_linear(TensorDataset(two, y), TensorDataset(x, y), cfg, views=2, num_classes=2, progress=False)
     assert plain.test_accuracy > 0.85
     with pytest.raises(ParameterError, match="views and test_views"):
-        train_linear(TensorDataset(two, y), TensorDataset(two, y), cfg, views=2, progress=False)
-    nonprivate = train_linear(TensorDataset(two, y), TensorDataset(x, y), TrainConfig(epochs=2, batch_size=50, dp=False),
-                              views=2, progress=False)
+        train_linear(TensorDataset(two, y), TensorDataset(two, y), cfg, views=2, num_classes=2, progress=False)
+    nonprivate = train_linear(TensorDataset(two, y), TensorDataset(x, y),
+                              TrainConfig(epochs=2, batch_size=50, dp=False),
+                              views=2, num_classes=2, progress=False)
     assert nonprivate.test_accuracy > 0.9
 
 
@@ -129,9 +132,15 @@ def test_nonprivate_learns_and_bad_input_is_named():
     x = torch.randn(500, 3, generator=g)
     y = (x[:, 2] > 0).long()
     run = train_linear(TensorDataset(x, y), TensorDataset(x, y),
-                       TrainConfig(epochs=5, batch_size=50, lr=0.5, dp=False), progress=False)
+                       TrainConfig(epochs=5, batch_size=50, lr=0.5, dp=False), num_classes=2, progress=False)
     assert run.test_accuracy > 0.95 and run.noise_multiplier is None and "epsilon_prv" not in run.history
+    assert run.model.weight.shape == (2, 3)
+    wider = train_linear(TensorDataset(x, y), None, TrainConfig(epochs=1, batch_size=50, dp=False), num_classes=5,
+                         progress=False)
+    assert wider.model.weight.shape == (5, 3)  # the class count is the caller's, never read off the labels
     with pytest.raises(ParameterError, match="batch_size"):
-        train_linear(TensorDataset(x, y), None, TrainConfig(batch_size=501, noise_multiplier=1.0), progress=False)
+        train_linear(TensorDataset(x, y), None, TrainConfig(batch_size=501, noise_multiplier=1.0), num_classes=2,
+                     progress=False)
     with pytest.raises(ParameterError, match="optimizer"):
-        train_linear(TensorDataset(x, y), None, TrainConfig(optimizer="adam", noise_multiplier=1.0), progress=False)
+        train_linear(TensorDataset(x, y), None, TrainConfig(optimizer="adam", noise_multiplier=1.0), num_classes=2,
+                     progress=False)

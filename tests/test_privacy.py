@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dpnb import privacy
-from dpnb.accountants import opacus_epsilon
 from dpnb.params import ParameterError
+from dpnb.privacy.prv import opacus_epsilon
 
 SIGMAS = [0.5, 0.8, 1.1, 2.0, 5.0]
 RATES = [1e-4, 1e-3, 0.01, 0.1, 0.3, 1.0]
@@ -35,7 +35,8 @@ def test_sgm_rdp_matches_opacus(sigma: float, q: float) -> None:
 @pytest.mark.parametrize("q", [1e-3, 0.01, 0.1])
 @pytest.mark.parametrize("steps", [1, 100, 10_000])
 def test_epsilon_matches_opacus_rdp_accountant(sigma: float, q: float, steps: int) -> None:
-    ours = privacy.rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5)[0]
+    ours = privacy.rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5,
+                               orders=privacy.DEFAULT_ORDERS)[0]
     theirs = opacus_epsilon("rdp", noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5)
     assert ours == pytest.approx(theirs, rel=1e-6)
 
@@ -62,7 +63,7 @@ def test_integer_order_by_direct_numerical_integration() -> None:
 
     sigma, q = 1.3, 0.05
     for alpha in (2, 3.5, 8):
-        def integrand(z: float) -> float:
+        def integrand(z: float, alpha: float = alpha) -> float:
             mu0 = stats.norm.pdf(z, 0, sigma)
             mu = (1 - q) * mu0 + q * stats.norm.pdf(z, 1, sigma)
             return mu0 * (mu / mu0) ** alpha
@@ -118,23 +119,92 @@ def test_gaussian_delta_matches_single_release_prv() -> None:
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_calibration_lands_just_below_target(accountant: str) -> None:
-    kw = dict(sample_rate=256 / 60_000, steps=14_063, delta=1e-5)
-    sigma = privacy.calibrate_noise_multiplier(target_epsilon=3.0, accountant=accountant, **kw)
-    eps = privacy.epsilon(noise_multiplier=sigma, accountant=accountant, **kw)
+    run = privacy.SampledGaussianEvent(None, sample_rate=256 / 60_000, steps=14_063)
+    sigma = privacy.calibrate_noise_multiplier(run, target_epsilon=3.0, delta=1e-5, accountant=accountant)
+    eps = privacy.epsilon(run.with_noise(sigma), delta=1e-5, accountant=accountant)
     assert 2.97 <= eps <= 3.0
-    eps_less_noise = privacy.epsilon(noise_multiplier=sigma * 0.99, accountant=accountant, **kw)
+    eps_less_noise = privacy.epsilon(run.with_noise(sigma * 0.99), delta=1e-5, accountant=accountant)
     assert eps_less_noise > 3.0
 
 
 def test_calibration_below_one() -> None:
-    sigma = privacy.calibrate_noise_multiplier(target_epsilon=50, sample_rate=0.01, steps=100, delta=1e-5)
+    run = privacy.SampledGaussianEvent(None, sample_rate=0.01, steps=100)
+    sigma = privacy.calibrate_noise_multiplier(run, target_epsilon=50, delta=1e-5)
     assert sigma < 1
-    assert privacy.epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=100, delta=1e-5) <= 50
+    assert privacy.epsilon(run.with_noise(sigma), delta=1e-5) <= 50
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+@pytest.mark.parametrize("q, steps, target", [(0.01, 100, 0.1), (1.0, 1, 0.05)])
+def test_small_targets_are_reached(accountant: str, q: float, steps: int, target: float) -> None:
+    """Orders up to 63 floor ε near 0.1 at δ = 1e-5 whatever σ; the extended grid reaches these targets."""
+    run = privacy.SampledGaussianEvent(None, sample_rate=q, steps=steps)
+    sigma = privacy.calibrate_noise_multiplier(run, target_epsilon=target, delta=1e-5, accountant=accountant)
+    assert privacy.epsilon(run.with_noise(sigma), delta=1e-5, accountant=accountant,
+                           prv_eps_error=privacy.prv_eps_error(target)) <= target
+    floor = privacy.rdp_epsilon(noise_multiplier=1e4, sample_rate=q, steps=steps, delta=1e-5,
+                                orders=privacy.DEFAULT_ORDERS)[0]
+    assert floor > target  # Opacus's grid alone could not
+
+
+def test_extended_orders_agree_with_opacus_grid_where_its_optimum_is_inside() -> None:
+    kw = dict(noise_multiplier=1.1, sample_rate=256 / 60_000, steps=14_063, delta=1e-5)
+    eps, order = privacy.rdp_epsilon(**kw)
+    assert order < 63 and eps == privacy.rdp_epsilon(**kw, orders=privacy.DEFAULT_ORDERS)[0]
+    big = dict(kw, noise_multiplier=1e3)  # optimum past 63: the extension only lowers epsilon
+    assert privacy.rdp_epsilon(**big)[0] < privacy.rdp_epsilon(**big, orders=privacy.DEFAULT_ORDERS)[0]
 
 
 def test_unreachable_target_is_a_parameter_error() -> None:
-    with pytest.raises(ParameterError, match="target_epsilon=0.01 is unreachable"):
-        privacy.calibrate_noise_multiplier(target_epsilon=0.01, sample_rate=0.5, steps=10_000, delta=1e-5)
+    run = privacy.SampledGaussianEvent(None, sample_rate=0.5, steps=10_000)
+    with pytest.raises(ParameterError, match="target_epsilon=1e-06 is unreachable with noise_multiplier <= 100"):
+        privacy.calibrate_noise_multiplier(run, target_epsilon=1e-6, delta=1e-5, sigma_max=100)
+
+
+def test_events_the_accountant_cannot_bound_are_refused() -> None:
+    for ev, acc, message in [
+        (privacy.SampledGaussianEvent(1.0, 0.01, 10, sampling="shuffled"), "rdp", "shuffled batches"),
+        (privacy.SampledGaussianEvent(1.0, 0.01, 10, sampling="shards", adjacency="replace-one"), "prv",
+         "for shards without replacement"),
+        (privacy.SampledGaussianEvent(1.0, 0.01, 10, adjacency="replace-one"), "rdp",
+         "Poisson sampling under replace-one"),
+    ]:
+        with pytest.raises(privacy.UnsupportedEvent, match=message):
+            privacy.epsilon(ev, delta=1e-5, accountant=acc)
+        with pytest.raises(privacy.UnsupportedEvent):
+            privacy.calibrate_noise_multiplier(ev, target_epsilon=1.0, delta=1e-5, accountant=acc)
+    with pytest.raises(ParameterError, match="sampling must be one of"):
+        privacy.SampledGaussianEvent(1.0, 0.01, 10, sampling="uniform")
+
+
+def test_shards_event_is_the_wbk_bound_and_labelled_apart() -> None:
+    ev = privacy.SampledGaussianEvent(1.07, 1 / 1000, 32 * 20_000, sampling="shards", adjacency="replace-one")
+    assert privacy.epsilon(ev, delta=1e-5) == privacy.wbk_epsilon(noise_multiplier=1.07, sample_rate=1 / 1000,
+                                                                   steps=32 * 20_000, delta=1e-5)[0]
+    assert privacy.label(ev, "rdp") == "rdp-wbk (shards without replacement, replace-one)"
+    assert privacy.label(privacy.SampledGaussianEvent(1.0, 0.1, 1), "prv") == "prv (Poisson sampling, add/remove)"
+
+
+def test_prv_grid_is_predicted_and_bounded() -> None:
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
+    sigma, q, steps, delta = 1.1, 256 / 60_000, 14_063, 1e-5
+    L = compute_safe_domain_size(prvs=[PoissonSubsampledGaussianPRV(q, sigma)], max_self_compositions=[steps],
+                                 eps_error=0.01, delta_error=delta / 1000)
+    domain = PRVAccountant()._get_domain(prvs=[PoissonSubsampledGaussianPRV(q, sigma)],
+                                         num_self_compositions=[steps], eps_error=0.01, delta_error=delta / 1000)
+    predicted = privacy.prv.grid_points(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
+    assert predicted == pytest.approx(2 * L / domain.dt, rel=1e-3)
+    assert predicted == pytest.approx(domain.size, rel=1e-3)
+    # a run whose grid is too large: refused in one line, before any allocation
+    with pytest.raises(privacy.AccountantLimit, match="its grid would need .* points"):
+        privacy.prv_epsilon(noise_multiplier=0.5, sample_rate=0.5, steps=10_000, delta=1e-5)
+    # a grid just over the limit: the error is widened instead, and the bound still holds
+    eps, err = privacy.prv_epsilon_and_error(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
+                                             max_points=predicted / 2)
+    assert 0.01 < err <= 0.03 and eps >= privacy.prv_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps,
+                                                             delta=delta) - 0.01
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
-
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dpnb import privacy
 from dpnb.params import ParameterError
-from dpnb.train import (TrainConfig, dp_problems, load_checkpoint, make_dp_compatible, make_private,
-                        save_checkpoint, train)
+from dpnb.train import (
+    TrainConfig,
+    dp_problems,
+    load_checkpoint,
+    make_dp_compatible,
+    make_private,
+    save_checkpoint,
+    train,
+)
 
 
 def blobs(n: int = 1200, seed: int = 0) -> TensorDataset:

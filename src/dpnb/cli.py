@@ -52,7 +52,7 @@ def _resolve_run(a: argparse.Namespace) -> tuple[float, int]:
     by_rate = [a.sample_rate, a.steps]
     if all(v is not None for v in by_rate) and not any(v is not None for v in by_size):
         q = check_number("--sample-rate", a.sample_rate, low=0, high=1, low_open=True)
-        steps = check_int("--steps", a.steps, low=1)
+        steps = check_int("--steps", a.steps, low=1, high=MAX_STEPS)
         return q, steps
     if all(v is not None for v in by_size) and not any(v is not None for v in by_rate):
         n = check_int("--dataset-size", a.dataset_size, low=1)
@@ -62,64 +62,90 @@ def _resolve_run(a: argparse.Namespace) -> tuple[float, int]:
             raise ParameterError(f"--batch-size must be at most --dataset-size ({n}), got {b}")
         from dpnb.privacy import sample_rate_and_steps
 
-        return sample_rate_and_steps(dataset_size=n, batch_size=b, epochs=e)
+        q, steps = sample_rate_and_steps(dataset_size=n, batch_size=b, epochs=e)
+        if steps > MAX_STEPS:
+            raise ParameterError(f"--epochs: the run would have {steps:g} steps; at most {MAX_STEPS:g} are accounted")
+        return q, steps
     raise ParameterError(
         "give either --dataset-size, --batch-size and --epochs, or --sample-rate and --steps"
     )
 
 
+#: Most steps `dpnb privacy` accounts (RDP composes in O(1), but a step count past this is a typo).
+MAX_STEPS = 10**12
+
+
 def privacy_main(a: argparse.Namespace) -> int:
+    """ε (or σ for a target ε) under each accountant asked for; an accountant that cannot answer
+    within its limits is reported as such, next to the others, never as a traceback."""
     from dpnb import privacy
 
     q, steps = _resolve_run(a)
     delta = check_number("--delta", a.delta, low=0, high=1, low_open=True, high_open=True)
-    accountants = list(privacy.ACCOUNTANTS) if a.accountant == "all" else [a.accountant]
-    out: dict[str, object] = {"sample_rate": q, "steps": steps, "delta": delta}
-    eps: dict[str, float] = {}
     if (a.noise_multiplier is None) == (a.target_epsilon is None):
         raise ParameterError("give exactly one of --noise-multiplier and --target-epsilon")
-    if a.target_epsilon is not None:
-        target = check_number("--target-epsilon", a.target_epsilon, low=0, low_open=True)
-        sigmas: dict[str, float] = {}
-        for acc in accountants:
-            try:
-                sigmas[acc] = privacy.calibrate_noise_multiplier(
-                    target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=acc)
-            except ParameterError as e:
-                raise ParameterError(f"--target-epsilon: {e}") from None
-            eps[acc] = privacy.epsilon(noise_multiplier=sigmas[acc], sample_rate=q, steps=steps,
-                                       delta=delta, accountant=acc)
+    accountants = list(privacy.ACCOUNTANTS) if a.accountant == "all" else [a.accountant]
+    run = privacy.SampledGaussianEvent(noise_multiplier=None, sample_rate=q, steps=steps)
+    target = None if a.target_epsilon is None else check_number("--target-epsilon", a.target_epsilon,
+                                                                 low=0, low_open=True)
+    sigma_in = None if a.noise_multiplier is None else check_number("--noise-multiplier", a.noise_multiplier,
+                                                                      low=0, low_open=True)
+    sigmas: dict[str, float] = {}
+    eps: dict[str, float | None] = {}
+    unavailable: dict[str, str] = {}
+    for acc in accountants:
+        try:
+            if target is not None:
+                try:
+                    sigmas[acc] = privacy.calibrate_noise_multiplier(run, target_epsilon=target, delta=delta,
+                                                                     accountant=acc)
+                except privacy.AccountantLimit:
+                    raise
+                except ParameterError as e:
+                    raise ParameterError(f"--target-epsilon: {e}") from None
+            sigma = sigmas.get(acc, sigma_in)
+            err = privacy.prv_eps_error(target) if target is not None else 0.01
+            eps[acc] = privacy.epsilon(run.with_noise(sigma), delta=delta, accountant=acc,  # type: ignore[arg-type]
+                                       prv_eps_error=err)
+        except privacy.AccountantLimit as e:
+            eps[acc] = None
+            sigmas.pop(acc, None)
+            unavailable[acc] = str(e)
+    out: dict[str, object] = {"sample_rate": q, "steps": steps, "delta": delta,
+                              "sampling": run.sampling, "adjacency": run.adjacency}
+    if target is not None:
         out["target_epsilon"] = target
-        out["noise_multiplier"] = sigmas
+        out["noise_multiplier"] = {acc: sigmas.get(acc) for acc in accountants}
     else:
-        sigma = check_number("--noise-multiplier", a.noise_multiplier, low=0, low_open=True)
-        out["noise_multiplier"] = sigma
-        for acc in accountants:
-            eps[acc] = privacy.epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps,
-                                       delta=delta, accountant=acc)
+        out["noise_multiplier"] = sigma_in
     out["epsilon"] = eps
+    if unavailable:
+        out["unavailable"] = unavailable
     order = None
     if "rdp" in accountants:
-        sig_rdp = out["noise_multiplier"]["rdp"] if isinstance(out["noise_multiplier"], dict) else out["noise_multiplier"]
-        order = privacy.rdp_epsilon(noise_multiplier=float(sig_rdp), sample_rate=q, steps=steps,
+        sig_rdp = sigmas["rdp"] if target is not None else sigma_in
+        order = privacy.rdp_epsilon(noise_multiplier=float(sig_rdp), sample_rate=q, steps=steps,  # type: ignore[arg-type]
                                     delta=delta)[1]
         out["rdp_order"] = order
     if a.json:
         print(json.dumps(out))
         return 0
-    print(f"DP-SGD with Poisson sampling, add/remove-one adjacency")
+    print("DP-SGD with Poisson sampling, add/remove-one adjacency")
     print(f"  sample rate q      = {q:.6g}")
     print(f"  steps              = {steps}")
     print(f"  delta              = {delta:g}")
-    if a.target_epsilon is not None:
-        print(f"  target epsilon     = {out['target_epsilon']:g}")
-        for acc in accountants:
-            print(f"  noise multiplier   = {out['noise_multiplier'][acc]:.4f}  ({acc.upper()}, "
-                  f"epsilon = {eps[acc]:.4f})")
+    if target is not None:
+        print(f"  target epsilon     = {target:g}")
     else:
-        print(f"  noise multiplier   = {out['noise_multiplier']:g}")
-        for acc in accountants:
-            print(f"  {'epsilon (' + acc.upper() + ')':<19s}= {eps[acc]:.4f}")
+        print(f"  noise multiplier   = {sigma_in:g}")
+    for acc in accountants:
+        name = acc.upper()
+        if acc in unavailable:
+            print(f"  {'epsilon (' + name + ')':<19s}= not computed: {unavailable[acc]}")
+        elif target is not None:
+            print(f"  noise multiplier   = {sigmas[acc]:.5g}  ({name}, epsilon = {eps[acc]:.5g})")
+        else:
+            print(f"  {'epsilon (' + name + ')':<19s}= {eps[acc]:.5g}")
     if order is not None:
         print(f"  optimal RDP order  = {order:g}")
     return 0

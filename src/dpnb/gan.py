@@ -46,7 +46,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
-from dpnb import privacy
+from dpnb import dpsgd, privacy
 from dpnb.params import check_budget, check_choice, check_int, check_number
 from dpnb.train import select_device
 
@@ -137,19 +137,16 @@ def per_example_gradients(D: nn.Module, x: torch.Tensor, y: torch.Tensor, fake: 
 def clip_and_noise(grads: dict[str, torch.Tensor], *, max_grad_norm: float, noise_multiplier: float,
                    expected_batch_size: float, generator: torch.Generator | None = None
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """DP-SGD's aggregation (Abadi et al. 2016, Alg. 1): clip each row to ``max_grad_norm``, sum,
-    add N(0, (noise_multiplier * max_grad_norm)^2) per coordinate, divide by the expected batch size.
+    """DP-SGD's aggregation (Abadi et al. 2016, Alg. 1) by the core's stages (:mod:`dpnb.dpsgd`): clip
+    each row to ``max_grad_norm`` and sum, add N(0, (noise_multiplier * max_grad_norm)^2) per
+    coordinate, divide by the expected batch size.
 
     Returns the noisy mean gradient and the per-example norms before clipping.
     """
-    norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()))  # type: ignore[arg-type]
-    scale = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    out = {}
-    for k, g in grads.items():
-        s = torch.einsum("b,b...->...", scale, g)
-        noise = torch.randn(s.shape, generator=generator).to(s.device) if noise_multiplier > 0 else 0.0
-        out[k] = (s + noise_multiplier * max_grad_norm * noise) / expected_batch_size
-    return out, norms
+    sums, norms = dpsgd.clip_and_sum(grads, max_grad_norm=max_grad_norm)
+    std = noise_multiplier * max_grad_norm
+    return {k: dpsgd.scale(dpsgd.add_noise(v, std=std, generator=generator), expected_batch_size=expected_batch_size)
+            for k, v in sums.items()}, norms
 
 
 @dataclass(frozen=True)
@@ -172,12 +169,14 @@ class GANConfig:
     z_dim: int = 32
     width: int = 32
     ema_decay: float = 0.99  # the samples come from an exponential moving average of G (post-processing)
+    num_classes: int = 10  # public metadata of the dataset (dpnb.data.NUM_CLASSES), never read off the labels
     seed: int = 0
     log_every: int = 50
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
 
     def validated(self, dataset_size: int) -> "GANConfig":
         check_choice("loss", self.loss, LOSSES)
+        check_int("num_classes", self.num_classes, low=2)
         check_int("steps", self.steps, low=1)
         check_int("batch_size", self.batch_size, low=1, high=dataset_size)
         check_int("generator_every", self.generator_every, low=1, high=self.steps)
@@ -218,9 +217,12 @@ class GANResult:
 
 
 def discriminator_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-                       config: GANConfig, sigma: float, expected_batch_size: float,
-                       generator: torch.Generator, want_loss: bool = True) -> float:
+                       config: GANConfig, core: dpsgd.DPSGD | None, generator: torch.Generator,
+                       want_loss: bool = True) -> float:
     """One (DP-)SGD step of D on the real batch ``(x, y)`` paired with fresh fakes.
+
+    With ``core`` (DP runs), the per-pair gradients go through the core's stages: clip and sum,
+    add noise, scale by the expected batch size; the core counts the step.
 
     Returns the mean pair loss before the step (for DP runs only when ``want_loss``, else NaN:
     it costs an extra forward pass; it is a diagnostic computed on private data and is not released;
@@ -231,13 +233,13 @@ def discriminator_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x
         fake = G(torch.randn(n, config.z_dim, generator=generator).to(dev), y)
     t = torch.rand(n, 1, 1, 1, generator=generator).to(dev)
     params = dict(D.named_parameters())
-    if config.dp:
+    if core is not None:
         if n:
             grads = per_example_gradients(D, x, y, fake, t, loss=config.loss, gp_weight=config.gp_weight)
         else:  # an empty Poisson batch is still a step: the noise alone
             grads = {k: torch.zeros((0, *p.shape), device=dev) for k, p in params.items()}
-        noisy, _ = clip_and_noise(grads, max_grad_norm=config.max_grad_norm, noise_multiplier=sigma,
-                                  expected_batch_size=expected_batch_size, generator=generator)
+        sums, _ = dpsgd.clip_and_sum(grads, max_grad_norm=core.max_grad_norm)  # type: ignore[union-attr]
+        noisy = core.privatize(sums)  # type: ignore[union-attr]
         for k, p in params.items():
             p.grad = noisy[k]
         with torch.no_grad():
@@ -266,12 +268,11 @@ def generator_loss(D: nn.Module, fake: torch.Tensor, y: torch.Tensor, *, loss: s
 def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) -> GANResult:
     """Train a conditional GAN on ``data`` (images in [0, 1], integer labels); D with DP-SGD when ``config.dp``.
 
-    Real batches are Poisson samples of rate ``batch_size / N`` when ``dp`` (what the accountant
-    assumes), shuffled fixed-size batches otherwise. σ is ``noise_multiplier`` or calibrated to
-    ``target_epsilon`` for ``steps`` D steps with ``accountant``.
+    Real batches are Poisson samples at the core's rate ``1/ceil(N / batch_size)`` when ``dp`` (what
+    the accountant assumes; :func:`dpnb.dpsgd.poisson_rate`), shuffled fixed-size batches otherwise.
+    σ is ``noise_multiplier`` or calibrated to ``target_epsilon`` for ``steps`` D steps with ``accountant``.
     """
-    from tqdm.auto import tqdm
-
+    from dpnb.progress import progress as progress_bar
     from dpnb.scale import EMA
 
     x_all, y_all = data.tensors
@@ -281,36 +282,34 @@ def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) 
     x_all, y_all = x_all.to(device), y_all.to(device)
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draws on every device
-    num_classes = int(y_all.max()) + 1
+    num_classes = config.num_classes
     G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
     D = Discriminator(num_classes=num_classes, width=config.width).to(device)
     ema = EMA(G, decay=config.ema_decay)
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(0.5, 0.9))
     opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(0.5, 0.9))
-    q = config.batch_size / N
-    sigma = 0.0
-    if config.dp:
-        sigma = (float(config.noise_multiplier) if config.noise_multiplier is not None else
-                 privacy.calibrate_noise_multiplier(target_epsilon=float(config.target_epsilon),  # type: ignore[arg-type]
-                                                    sample_rate=q, steps=config.steps, delta=config.delta,
-                                                    accountant=config.accountant))  # type: ignore[arg-type]
+    core = None
+    if config.dp:  # sampling rate, sigma and the step count: the DP-SGD core's
+        core = dpsgd.DPSGD(dataset_size=N, batch_size=config.batch_size, steps=config.steps,
+                           max_grad_norm=config.max_grad_norm, noise_multiplier=config.noise_multiplier,
+                           target_epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant,
+                           generator=g, device=device)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     perm = torch.randperm(N, generator=g)
     pos = 0
     d_losses: list[float] = []
     g_loss = math.nan
-    for step in tqdm(range(1, config.steps + 1), desc=f"{config.loss} {'DP' if config.dp else 'non-private'}",
-                     disable=not progress, mininterval=5):
-        if config.dp:
-            idx = torch.nonzero(torch.rand(N, generator=g) < q).squeeze(1).to(device)  # Poisson sampling
+    for step in progress_bar(range(1, config.steps + 1), desc=f"{config.loss} {'DP' if config.dp else 'non-private'}",
+                     enable=progress, mininterval=5):
+        if core is not None:
+            idx = core.sample()  # stage 1: Poisson sampling
         else:
             if pos + config.batch_size > N:
                 perm, pos = torch.randperm(N, generator=g), 0
             idx, pos = perm[pos:pos + config.batch_size].to(device), pos + config.batch_size
-        d_losses.append(discriminator_step(D, G, opt_d, x_all[idx], y_all[idx], config=config, sigma=sigma,
-                                           expected_batch_size=config.batch_size, generator=g,
-                                           want_loss=step % config.log_every == 0))
+        d_losses.append(discriminator_step(D, G, opt_d, x_all[idx], y_all[idx], config=config, core=core,
+                                           generator=g, want_loss=step % config.log_every == 0))
         if step % config.generator_every == 0:
             for p in D.parameters():
                 p.requires_grad_(False)
@@ -329,15 +328,13 @@ def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) 
                              seconds=time.perf_counter() - t0))
             d_losses = []
     eps: dict[str, float] = {}
-    if config.dp:
-        eps = {"prv": privacy.prv_epsilon(noise_multiplier=sigma, sample_rate=q, steps=config.steps,
-                                          delta=config.delta),
-               "rdp": privacy.rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=config.steps,
-                                          delta=config.delta)[0]}
+    if core is not None:
+        eps = {k.removeprefix("epsilon_"): v for k, v in core.epsilons().items()}
     history = pd.DataFrame(rows).assign(loss=config.loss, dp=config.dp)
     return GANResult(generator=ema.average.cpu(), discriminator=D.cpu(), config=config, history=history,
-                     noise_multiplier=sigma if config.dp else None, sample_rate=q if config.dp else None,
-                     steps=config.steps, epsilon=eps, seconds=time.perf_counter() - t0)
+                     noise_multiplier=core.noise_multiplier if core else None,
+                     sample_rate=core.sample_rate if core else None, steps=config.steps, epsilon=eps,
+                     seconds=time.perf_counter() - t0)
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dpnb import privacy
+from dpnb import dpsgd, privacy
 from dpnb.gan import Discriminator, Generator, pair_loss
 from dpnb.params import ParameterError, check_budget, check_int, check_number
 from dpnb.train import select_device
@@ -69,9 +70,8 @@ class _Sanitize(torch.autograd.Function):
         g = grad_out.reshape(len(grad_out), -1)
         norms = g.norm(dim=1, keepdim=True)
         g = g * (ctx.max_grad_norm / (norms + 1e-12)).clamp(max=1.0)
-        if ctx.noise_multiplier > 0:
-            noise = torch.randn(g.shape, generator=ctx.generator).to(g.device)
-            g = g + SENSITIVITY * ctx.max_grad_norm * ctx.noise_multiplier * noise
+        if ctx.noise_multiplier > 0:  # the DP-SGD core's noise stage, at the sanitiser's sensitivity 2C
+            g = dpsgd.add_noise(g, std=SENSITIVITY * ctx.max_grad_norm * ctx.noise_multiplier, generator=ctx.generator)
         return g.view_as(grad_out), None, None, None
 
 
@@ -88,9 +88,22 @@ def sanitize(x: torch.Tensor, *, max_grad_norm: float, noise_multiplier: float,
     return _Sanitize.apply(x, max_grad_norm, noise_multiplier, generator)
 
 
+def event(*, noise_multiplier: float | None, num_discriminators: int, batch_size: int,
+          iterations: int) -> privacy.SampledGaussianEvent:
+    """The record of GS-WGAN's generator training for the accountant.
+
+    ``batch_size * iterations`` Gaussian mechanisms (one per generated sample, each scored by a
+    discriminator chosen uniformly among K, hence a shard drawn without replacement at rate 1/K),
+    with noise multiplier σ against the sanitiser's sensitivity 2C under replace-one adjacency.
+    """
+    K = check_int("num_discriminators", num_discriminators, low=2)
+    steps = check_int("batch_size", batch_size, low=1) * check_int("iterations", iterations, low=1)
+    return privacy.SampledGaussianEvent(noise_multiplier, 1 / K, steps, sampling="shards", adjacency="replace-one")
+
+
 def epsilon(*, noise_multiplier: float, num_discriminators: int, batch_size: int, iterations: int,
             delta: float) -> dict[str, float]:
-    """ε of GS-WGAN's generator training: ``batch_size * iterations`` Gaussian mechanisms, each subsampled at 1/K.
+    """ε of GS-WGAN's generator training (:func:`event`) under two analyses.
 
     ``wbk``: sampling without replacement, replace-one adjacency, Wang et al. (2019) bound and
     Mironov's conversion: the paper's analysis. ``rdp_poisson``: the same (q, σ, count) under
@@ -98,33 +111,20 @@ def epsilon(*, noise_multiplier: float, num_discriminators: int, batch_size: int
     not describe GS-WGAN, where removing a record changes its shard's discriminator, so both
     mixtures of a neighbouring pair carry the record. It is shown only for comparison.
     """
-    K = check_int("num_discriminators", num_discriminators, low=2)
-    steps = check_int("batch_size", batch_size, low=1) * check_int("iterations", iterations, low=1)
-    q = 1 / K
-    return {"wbk": privacy.wbk_epsilon(noise_multiplier=noise_multiplier, sample_rate=q, steps=steps,
-                                       delta=delta)[0],
-            "rdp_poisson": privacy.rdp_epsilon(noise_multiplier=noise_multiplier, sample_rate=q, steps=steps,
-                                               delta=delta)[0]}
+    run = event(noise_multiplier=noise_multiplier, num_discriminators=num_discriminators, batch_size=batch_size,
+                iterations=iterations)
+    as_poisson = dataclasses.replace(run, sampling="poisson", adjacency="add/remove")
+    return {"wbk": privacy.epsilon(run, delta=delta, accountant="rdp"),
+            "rdp_poisson": privacy.epsilon(as_poisson, delta=delta, accountant="rdp")}
 
 
 def calibrate_noise_multiplier(*, target_epsilon: float, num_discriminators: int, batch_size: int,
                                iterations: int, delta: float) -> float:
-    """Smallest σ (to 0.1%) whose ``wbk`` ε of :func:`epsilon` is at most ``target_epsilon``."""
-    check_number("target_epsilon", target_epsilon, low=0, low_open=True)
-
-    def eps(s: float) -> float:
-        return epsilon(noise_multiplier=s, num_discriminators=num_discriminators, batch_size=batch_size,
-                       iterations=iterations, delta=delta)["wbk"]
-
-    lo, hi = 0.3, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e3:
-            raise ParameterError(f"target_epsilon={target_epsilon} is out of reach (sigma > 1000)")
-    while hi - lo > 1e-3 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
-    return hi
+    """Smallest σ (to 0.1%) whose ``wbk`` ε of :func:`epsilon` is at most ``target_epsilon``: the
+    book's one calibrator (:func:`dpnb.privacy.calibrate_noise_multiplier`) on :func:`event`."""
+    run = event(noise_multiplier=None, num_discriminators=num_discriminators, batch_size=batch_size,
+                iterations=iterations)
+    return privacy.calibrate_noise_multiplier(run, target_epsilon=target_epsilon, delta=delta, accountant="rdp")
 
 
 @dataclass(frozen=True)
@@ -147,12 +147,14 @@ class GSWGANConfig:
     z_dim: int = 32
     width: int = 32
     ema_decay: float = 0.99  # paper: 0.999 over 20,000 iterations
+    num_classes: int = 10  # public metadata of the dataset (dpnb.data.NUM_CLASSES), never read off the labels
     seed: int = 0
     log_every: int = 50
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
 
     def validated(self, dataset_size: int) -> "GSWGANConfig":
         K = check_int("num_discriminators", self.num_discriminators, low=2, high=dataset_size // 2)
+        check_int("num_classes", self.num_classes, low=2)
         check_int("pretrain_steps", self.pretrain_steps, low=0)
         check_int("iterations", self.iterations, low=1)
         check_int("critic_iters", self.critic_iters, low=1)
@@ -221,7 +223,7 @@ def pretrain_discriminators(data: TensorDataset, config: GSWGANConfig, *, progre
 
     Returns the discriminators and the shards (index tensors). A record touches one discriminator only.
     """
-    from tqdm.auto import tqdm
+    from dpnb.progress import progress as progress_bar
 
     x_all, y_all = data.tensors
     N = len(y_all)
@@ -231,9 +233,9 @@ def pretrain_discriminators(data: TensorDataset, config: GSWGANConfig, *, progre
     g = torch.Generator().manual_seed(config.seed)
     perm = torch.randperm(N, generator=g).to(device)
     shards = list(perm[: (N // K) * K].view(K, -1))
-    num_classes = int(y_all.max()) + 1
+    num_classes = config.num_classes
     discriminators = []
-    for k in tqdm(range(K), desc="warm start", disable=not progress, mininterval=5):
+    for k in progress_bar(range(K), desc="warm start", enable=progress, mininterval=5):
         torch.manual_seed(config.seed * 100_003 + k)
         D = Discriminator(num_classes=num_classes, width=config.width).to(device)
         G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
@@ -258,8 +260,7 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
     ``warm_start``: the output of :func:`pretrain_discriminators` (computed here when None). It is
     modified in place (the discriminators keep training).
     """
-    from tqdm.auto import tqdm
-
+    from dpnb.progress import progress as progress_bar
     from dpnb.scale import EMA
 
     x_all, y_all = data.tensors
@@ -281,7 +282,7 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
             batch_size=config.batch_size, iterations=config.iterations, delta=config.delta)
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed + 1)
-    num_classes = int(y_all.max()) + 1
+    num_classes = config.num_classes
     G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
     ema = EMA(G, decay=config.ema_decay)
     opt_g = _adam(G.parameters(), config.lr)
@@ -292,7 +293,7 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
     d_losses: list[float] = []
     grad_norms: list[torch.Tensor] = []  # each sample's gradient into the sanitiser, before clipping
     t1 = time.perf_counter()
-    for it in tqdm(range(1, config.iterations + 1), desc="GS-WGAN", disable=not progress, mininterval=5):
+    for it in progress_bar(range(1, config.iterations + 1), desc="GS-WGAN", enable=progress, mininterval=5):
         k = int(torch.randint(0, K, (1,), generator=g))  # 1. one discriminator trains on its shard
         D = discriminators[k].requires_grad_(True)
         for _ in range(config.critic_iters):
@@ -304,7 +305,7 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
         fake = G(torch.randn(config.batch_size, config.z_dim, generator=g).to(device), y)
         if config.dp:
             fake = sanitize(fake, max_grad_norm=config.max_grad_norm, noise_multiplier=sigma, generator=g)
-        fake.register_hook(lambda grad: grad_norms.append(grad.detach().flatten(1).norm(dim=1)))  # before clipping
+        fake.register_hook(lambda grad, out=grad_norms: out.append(grad.detach().flatten(1).norm(dim=1)))  # pre-clip
         ks = torch.randint(0, K, (config.batch_size,), generator=g).to(device)
         scores = torch.empty(config.batch_size, device=device)
         for kk in ks.unique().tolist():
@@ -374,8 +375,9 @@ def batch_mechanism_epsilon(*, noise_multiplier: float, num_discriminators: int,
     against noise ``2C sigma`` per coordinate, i.e. noise multiplier ``sigma / sqrt(B)``,
     subsampled at 1/K once per iteration.
     """
-    return privacy.wbk_epsilon(noise_multiplier=noise_multiplier / math.sqrt(batch_size),
-                               sample_rate=1 / num_discriminators, steps=iterations, delta=delta)[0]
+    run = event(noise_multiplier=noise_multiplier / math.sqrt(batch_size), num_discriminators=num_discriminators,
+                batch_size=1, iterations=iterations)
+    return privacy.epsilon(run, delta=delta, accountant="rdp")
 
 
 def accounting_row(*, setting: str, num_discriminators: int, noise_multiplier: float, batch_size: int,

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dpnb.params import ParameterError, check_choice, check_int
+from dpnb.params import ParameterError, check_choice, check_each, check_int
 
 FID_FEATURES = ("auto", "inception", "classifier")
 DOWNSTREAM_MODELS = ("logistic regression", "MLP", "random forest", "CNN")
@@ -272,5 +272,5 @@ def check_evaluation(*, samples: Any, fid_features: Any, judge_epochs: Any, down
     return (check_int("samples", samples, low=100, high=100_000),
             check_choice("fid_features", fid_features, FID_FEATURES),
             check_int("judge_epochs", judge_epochs, low=1),
-            tuple(check_choice("downstream_models", m, DOWNSTREAM_MODELS) for m in downstream_models),
+            tuple(check_each("downstream_models", downstream_models, check_choice, DOWNSTREAM_MODELS)),
             check_int("downstream_cnn_epochs", downstream_cnn_epochs, low=1))

@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -84,6 +84,27 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     if value not in options:
         raise ParameterError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
     return value
+
+
+def check_each(name: str, values: Any, check: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+    """``[check(name, v, *args, **kwargs) for v in values]`` after checking that ``values`` is a list.
+
+    A list given on papermill's command line with ``-p`` arrives as a string (``-p x "[1, 2]"``
+    hands the notebook ``'[1, 2]'``); that gets a message showing the ``-y`` form that works.
+
+        >>> check_each("target_epsilons", [1, 8], check_number, low=0, low_open=True)
+        [1.0, 8.0]
+        >>> check_each("target_epsilons", "[-1]", check_number, low=0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dpnb.params.ParameterError: target_epsilons must be a list, got the string '[-1]' (papermill -p ...
+    """
+    if isinstance(values, (str, bytes)):
+        raise ParameterError(f"{name} must be a list, got the string {values!r} "
+                             f'(papermill -p passes text: give lists as -y "{name}: [...]")')
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ParameterError(f"{name} must be a non-empty list, got {values!r}")
+    return [check(name, v, *args, **kwargs) for v in values]
 
 
 def check_budget(*, dp: Any, noise_multiplier: Any, target_epsilon: Any) -> None:

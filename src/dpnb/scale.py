@@ -13,9 +13,10 @@ scale", Sec. 3) combine, on top of large batches:
   BatchNorm (:class:`WSConv2d`);
 * σ calibrated so that the planned steps end exactly at the target ε.
 
-:func:`train_augmult` is a small DP-SGD loop (Poisson sampling,
-per-view gradients from Opacus's hooks, summed per example, then clipped) that implements the
-first two, since Opacus's optimizer would clip every view on its own.
+:func:`train_augmult` implements the first two: the DP-SGD core's Poisson sampling and record of
+what ran (:mod:`dpnb.dpsgd`), per-view gradients from Opacus's hooks averaged per example
+(:func:`per_example_view_gradients`), then the clipping, noise and scaling stages of Opacus's
+``DPOptimizer``, which thus clips each example once rather than each view.
 
 Example::
 
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dpnb import privacy
+from dpnb import dpsgd
 from dpnb.params import check_int, check_number
 
 
@@ -107,6 +108,8 @@ def augment(x: torch.Tensor, *, multiplicity: int, generator: torch.Generator, p
     if multiplicity == 0:
         return x[:, None]
     B, C, H, W = x.shape
+    if B == 0:  # an empty Poisson batch
+        return x.new_zeros((0, multiplicity, C, H, W))
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     views = []
     for _ in range(multiplicity):
@@ -121,39 +124,58 @@ def augment(x: torch.Tensor, *, multiplicity: int, generator: torch.Generator, p
     return torch.stack(views, dim=1)
 
 
+def per_example_view_gradients(wrapped: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Set each parameter's ``grad_sample`` to the per-*example* gradient of the mean loss over its views.
+
+    ``x`` is ``(B, K, ...)``, ``wrapped`` an Opacus ``GradSampleModule`` (``loss_reduction="sum"``):
+    Opacus's hooks give the ``B*K`` per-row gradients, which are summed over each example's K
+    rows of ``loss / K`` (De et al. 2022, Sec. 3.1). Clipping then treats each example as one
+    row, so it moves the clipped sum by at most C whatever K is. An empty batch gives
+    ``grad_sample`` of shape ``(0, *p.shape)``, which Opacus's optimizer clips to nothing.
+    """
+    inner = wrapped._module
+    params = [p for p in inner.parameters() if p.requires_grad]
+    for p in params:  # a previous chunk's rows, already clipped and accumulated (else Opacus appends)
+        p.grad_sample = None
+    B, K = x.shape[:2]
+    if B == 0:  # an empty Poisson batch is still a step: no forward pass, the noise alone
+        for p in params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+        return
+    out = wrapped(x.flatten(0, 1))
+    loss = F.cross_entropy(out, y.repeat_interleave(K), reduction="sum") / K  # mean over views
+    with warnings.catch_warnings():  # "full backward hook ... no inputs require gradients": expected
+        warnings.simplefilter("ignore", UserWarning)
+        loss.backward()
+    for p in params:
+        p.grad_sample = p.grad_sample.reshape(B, K, *p.shape).sum(1)
+        p.grad = None
+
+
 def clipped_gradient_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_grad_norm: float,
                          chunk_size: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sum over examples of each example's clipped gradient, and the per-example norms before clipping.
 
     ``x`` is ``(B, K, ...)``: example ``i``'s gradient is that of the mean loss over its ``K`` views
-    (De et al. 2022, Sec. 3.1), clipped to ``max_grad_norm``; each example therefore moves the sum
-    by at most ``max_grad_norm``. Per-view gradients come from Opacus's per-sample hooks
-    (``GradSampleModule``) on the ``B*K`` rows and are summed per example before clipping.
-    ``chunk_size`` examples are processed at a time (memory: ``chunk_size * K`` per-row gradients).
+    (:func:`per_example_view_gradients`), clipped to ``max_grad_norm`` by the core's stage 2
+    (:func:`dpnb.dpsgd.clip_and_sum`). ``chunk_size`` examples are processed at a time. This is
+    what :func:`train_augmult`'s optimizer computes, exposed for tests and figures.
     """
     from opacus import GradSampleModule
 
     wrapped = model if isinstance(model, GradSampleModule) else GradSampleModule(model, loss_reduction="sum")
-    inner = wrapped._module
-    params = [(k, p) for k, p in inner.named_parameters() if p.requires_grad]
+    params = [(k, p) for k, p in wrapped._module.named_parameters() if p.requires_grad]
     total = {k: torch.zeros_like(p) for k, p in params}
-    B, K = x.shape[:2]
+    B = x.shape[0]
     norms = []
     for start in range(0, B, chunk_size or max(B, 1)):
-        xb, yb = x[start:start + (chunk_size or B)], y[start:start + (chunk_size or B)]
-        b = len(yb)
-        out = wrapped(xb.flatten(0, 1))
-        loss = F.cross_entropy(out, yb.repeat_interleave(K), reduction="sum") / K  # mean over views
-        with warnings.catch_warnings():  # "full backward hook ... no inputs require gradients": expected
-            warnings.simplefilter("ignore", UserWarning)
-            loss.backward()
-        per_example = {k: p.grad_sample.reshape(b, K, *p.shape).sum(1) for k, p in params}
+        stop = start + (chunk_size or B)
+        per_example_view_gradients(wrapped, x[start:stop], y[start:stop])
+        sums, n = dpsgd.clip_and_sum({k: p.grad_sample for k, p in params}, max_grad_norm=max_grad_norm)
+        for k, v in sums.items():
+            total[k] += v
         for _, p in params:
-            p.grad_sample, p.grad = None, None
-        n = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in per_example.values()))
-        factor = (max_grad_norm / (n + 1e-6)).clamp(max=1.0)
-        for k, g in per_example.items():
-            total[k] += torch.einsum("b,b...->...", factor, g)
+            p.grad_sample = None
         norms.append(n.detach())
     if wrapped is not model:
         wrapped._close()
@@ -166,15 +188,21 @@ def train_augmult(model: nn.Module, train_set: TensorDataset, test_set: TensorDa
                   multiplicity: int = 0, ema_decay: float | None = None, ema_warmup: bool = True, seed: int = 0,
                   device: torch.device | str = "cpu", chunk_size: int | None = 256,
                   progress: bool = True) -> dict[str, Any]:
-    """DP-SGD with Poisson sampling (rate ``batch_size / N``), augmentation multiplicity and optional EMA.
+    """DP-SGD with Poisson sampling, augmentation multiplicity and optional EMA, on Opacus's optimizer.
 
-    σ is ``noise_multiplier`` or calibrated (PRV) so that ``epochs * N / batch_size`` steps end at
-    ``target_epsilon``. Returns a summary row (accuracy of the EMA model, with the warm-up of
-    :class:`EMA` unless ``ema_warmup=False``, when ``ema_decay`` is set)
-    with ε by PRV and RDP, and the per-epoch history.
+    Sampling, σ (``noise_multiplier``, or calibrated by PRV so that ``epochs`` epochs end at
+    ``target_epsilon``) and the step count are the DP-SGD core's (:class:`dpnb.dpsgd.DPSGD`:
+    rate ``1/ceil(N / batch_size)``); the per-example gradient averages the K views
+    (:func:`per_example_view_gradients`), and clipping, noise and scaling are the stages of
+    Opacus's ``DPOptimizer`` (``clip_and_accumulate`` per chunk of ``chunk_size`` examples, then
+    ``add_noise`` and ``scale_grad`` by the expected batch size). Returns a summary row (accuracy
+    of the EMA model, with the warm-up of :class:`EMA` unless ``ema_warmup=False``, when
+    ``ema_decay`` is set) with ε by PRV and RDP, and the per-epoch history.
     """
-    from tqdm.auto import tqdm
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
 
+    from dpnb.progress import progress as progress_bar
     from dpnb.train import evaluate
 
     x_all, y_all = train_set.tensors
@@ -182,47 +210,48 @@ def train_augmult(model: nn.Module, train_set: TensorDataset, test_set: TensorDa
     epochs = check_int("epochs", epochs, low=1)
     batch_size = check_int("batch_size", batch_size, low=1, high=n)
     multiplicity = check_int("multiplicity", multiplicity, low=0)
-    q, steps = privacy.sample_rate_and_steps(dataset_size=n, batch_size=batch_size, epochs=epochs)
-    if noise_multiplier is None:
-        noise_multiplier = privacy.calibrate_noise_multiplier(
-            target_epsilon=check_number("target_epsilon", target_epsilon, low=0, low_open=True),
-            sample_rate=q, steps=steps, delta=delta, accountant="prv")
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
     device = torch.device(device)
-    from opacus import GradSampleModule
-
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # sampling and augmentation
+    core = dpsgd.DPSGD(dataset_size=n, batch_size=batch_size, epochs=epochs, max_grad_norm=max_grad_norm,
+                       noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
+                       accountant="prv", generator=g)
     model = model.to(device).train()
     wrapped = GradSampleModule(model, loss_reduction="sum")
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum),
+                      noise_multiplier=core.noise_multiplier, max_grad_norm=max_grad_norm,
+                      expected_batch_size=core.expected_batch_size, loss_reduction="mean",  # type: ignore[arg-type]
+                      generator=torch.Generator(device=device).manual_seed(seed + 1))
     ema = EMA(model, decay=ema_decay, warmup=ema_warmup) if ema_decay else None
-    steps_per_epoch = max(steps // epochs, 1)
-    rows, t0, done = [], time.perf_counter(), 0
-    for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress):
+    rows, t0 = [], time.perf_counter()
+    for epoch in progress_bar(range(1, epochs + 1), desc="epochs", enable=progress):
         te = time.perf_counter()
-        for _ in range(steps_per_epoch if epoch < epochs else steps - done):
-            idx = torch.nonzero(torch.rand(n, generator=g) < q).flatten()   # Poisson sampling
+        for _ in range(core.steps_per_epoch):
+            idx = core.sample()                                            # 1. Poisson sampling
             xb = augment(x_all[idx], multiplicity=multiplicity, generator=g).to(device)
-            total, _ = clipped_gradient_sum(wrapped, xb, y_all[idx].to(device), max_grad_norm=max_grad_norm,
-                                            chunk_size=chunk_size)
-            for name, p in model.named_parameters():
-                noise = torch.normal(0.0, noise_multiplier * max_grad_norm, p.shape, generator=g).to(device)
-                p.grad = (total[name] + noise) / batch_size                 # divide by the expected size
-            opt.step()
+            yb = y_all[idx].to(device)
+            step = chunk_size or max(len(idx), 1)
+            for start in range(0, max(len(idx), 1), step):                 # 2. clip and sum, by chunks
+                per_example_view_gradients(wrapped, xb[start:start + step], yb[start:start + step])
+                opt.clip_and_accumulate()
+            opt.add_noise()                                                # 3. noise
+            opt.scale_grad()                                               # 4. / expected batch size
+            opt.original_optimizer.step()
+            opt.zero_grad(set_to_none=True)
+            core.record_step()
             if ema is not None:
                 ema.update(model)
-            done += 1
         evaluated = ema.average if ema is not None else model
-        row: dict[str, Any] = dict(epoch=epoch, steps=done, seconds=time.perf_counter() - te)
+        row: dict[str, Any] = dict(epoch=epoch, steps=core.steps, seconds=time.perf_counter() - te)
         if test_set is not None:
             row["test_loss"], row["test_accuracy"] = evaluate(evaluated, test_set, device=device)
         rows.append(row)
     wrapped._close()
-    eps_prv = privacy.prv_epsilon(noise_multiplier=noise_multiplier, sample_rate=q, steps=steps, delta=delta)
-    eps_rdp = privacy.rdp_epsilon(noise_multiplier=noise_multiplier, sample_rate=q, steps=steps, delta=delta)[0]
+    eps = core.epsilons()
     history = pd.DataFrame(rows)
     return dict(model=ema.average if ema is not None else model, history=history, multiplicity=multiplicity,
-                ema_decay=ema_decay, ema_warmup=ema_warmup if ema_decay else None, noise_multiplier=noise_multiplier, sample_rate=q, steps=steps, delta=delta,
-                epsilon_prv=eps_prv, epsilon_rdp=eps_rdp,
+                ema_decay=ema_decay, ema_warmup=ema_warmup if ema_decay else None,
+                noise_multiplier=core.noise_multiplier, sample_rate=core.sample_rate, steps=core.steps, delta=delta,
+                epsilon_prv=eps["epsilon_prv"], epsilon_rdp=eps["epsilon_rdp"],
                 test_accuracy=float(history["test_accuracy"].iloc[-1]) if test_set is not None else None,
                 seconds=time.perf_counter() - t0)

@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from dpnb import privacy
+from dpnb import dpsgd, privacy
 from dpnb.params import ParameterError, check_budget, check_choice, check_int, check_number
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
@@ -218,19 +219,21 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
                  config: TrainConfig, *, generator: torch.Generator | None = None) -> tuple[Any, ...]:
     """Wrap for DP-SGD with Opacus; returns (engine, model, optimizer, criterion, loader, sigma).
 
-    The loader becomes a Poisson-sampling ``DPDataLoader`` with sample rate ``1 / len(loader)``;
-    σ is ``config.noise_multiplier`` or calibrated to ``config.target_epsilon`` for
-    ``config.epochs * len(loader)`` steps with ``config.accountant``.
+    The loader becomes a Poisson-sampling ``DPDataLoader`` with sample rate ``q = 1 / len(loader)``
+    (the book's convention, :func:`dpnb.dpsgd.poisson_rate`). Its sampler runs ``int(1 / q)`` steps
+    an epoch, which for about 8% of loader lengths is one fewer than ``len(loader)`` (floating
+    point); σ is ``config.noise_multiplier`` or calibrated to ``config.target_epsilon`` for the
+    steps that will actually run, at the rate actually sampled.
     """
     from opacus import PrivacyEngine
 
-    sample_rate = 1 / len(loader)  # what Opacus's DPDataLoader uses
+    sample_rate = 1 / len(loader)  # what Opacus's DPDataLoader samples at
     if config.noise_multiplier is not None:
         sigma = float(config.noise_multiplier)
     else:
+        plan = privacy.SampledGaussianEvent(None, sample_rate, config.epochs * opacus_steps_per_epoch(sample_rate))
         sigma = privacy.calibrate_noise_multiplier(
-            target_epsilon=float(config.target_epsilon),  # type: ignore[arg-type]
-            sample_rate=sample_rate, steps=config.epochs * len(loader), delta=config.delta,
+            plan, target_epsilon=float(config.target_epsilon), delta=config.delta,  # type: ignore[arg-type]
             accountant=config.accountant)  # type: ignore[arg-type]
     kw = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
               max_grad_norm=config.max_grad_norm, poisson_sampling=True,
@@ -245,10 +248,19 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
     return engine, model, optimizer, criterion, loader, sigma
 
 
+def opacus_steps_per_epoch(sample_rate: float) -> int:
+    """Steps an epoch of Opacus's ``UniformWithReplacementSampler`` at ``sample_rate``: ``int(1 / q)``.
+
+        >>> opacus_steps_per_epoch(1 / 93), opacus_steps_per_epoch(1 / 94)  # 1/(1/93) = 92.999...
+        (92, 94)
+    """
+    return int(1 / sample_rate)
+
+
 def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config: TrainConfig, *,
           progress: bool = True, epoch_callback: Any = None) -> TrainResult:
     """Train ``model`` on ``train_set`` with or without DP; evaluate on ``test_set`` every epoch."""
-    from tqdm.auto import tqdm
+    from dpnb.progress import progress as progress_bar
 
     n = len(train_set)  # type: ignore[arg-type]
     config = config.validated(n)
@@ -270,12 +282,12 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
     if config.dp:
         engine, model, optimizer, criterion, loader, sigma = make_private(
             model, optimizer, criterion, loader, config, generator=generator)
-        sample_rate = 1 / len(loader)
+        sample_rate = float(loader.sample_rate)  # the sampler's rate (Opacus's accountant gets 1/len(loader))
 
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     steps = 0
-    epochs = tqdm(range(1, config.epochs + 1), desc="epochs", disable=not progress)
+    epochs = progress_bar(range(1, config.epochs + 1), desc="epochs", enable=progress)
     for epoch in epochs:
         t0 = time.perf_counter()
         model.train()
@@ -286,14 +298,17 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
             ctx: Any = BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.max_physical_batch_size,
                                           optimizer=optimizer)
         else:
-            ctx = _NullContext(loader)
+            ctx = contextlib.nullcontext(loader)
         with ctx as batches, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for x, y in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
+            for x, y in progress_bar(batches, desc=f"epoch {epoch}", leave=False, enable=progress):
                 # Poisson sampling can draw an empty batch: it is still a step of the
                 # mechanism (Opacus adds noise and the accountant counts it), so no skipping.
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
+                if engine is not None and not len(y) and config.grad_sample_mode == "functorch":
+                    _empty_step(model, optimizer)  # functorch cannot run an empty batch
+                    continue
                 out = model(x)
                 loss = criterion(out, y)
                 loss.backward()
@@ -312,7 +327,8 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
             row["test_loss"], row["test_accuracy"] = evaluate(model, test_set, batch_size=config.eval_batch_size,
                                                               device=device)
         if engine is not None:
-            row.update(_epsilons(engine, config.delta))
+            row.update(dpsgd.epsilons(privacy.SampledGaussianEvent(sigma, sample_rate, steps),  # type: ignore[arg-type]
+                                      delta=config.delta))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         epochs.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("loss", "test_accuracy", "epsilon_prv")})
@@ -328,22 +344,13 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
                        sample_rate=sample_rate, steps=steps, epsilon=eps, seconds=time.perf_counter() - t_start)
 
 
-def _epsilons(engine: Any, delta: float) -> dict[str, float]:
-    """ε after the steps Opacus's accountant recorded, by dpnb.privacy (PRV and RDP)."""
-    (sigma, q, steps), *rest = engine.accountant.history
-    if rest:  # one (sigma, q) per run here; merge defensively
-        steps = sum(h[2] for h in engine.accountant.history)
-    return {"epsilon_prv": privacy.prv_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta),
-            "epsilon_rdp": privacy.rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)[0]}
+def _empty_step(model: nn.Module, optimizer: Any) -> None:
+    """A step of DP-SGD on an empty Poisson batch: no per-example gradients, the noise alone.
 
-
-class _NullContext:
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
-
-    def __enter__(self) -> DataLoader:
-        return self.loader
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
+    Opacus's optimizer clips an empty ``grad_sample`` to a zero sum and adds the noise; hooks and
+    ghost clipping get there through an empty forward pass, ``functorch`` needs it set by hand.
+    """
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+    optimizer.step()

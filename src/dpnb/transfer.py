@@ -25,8 +25,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dpnb import data
-from dpnb.features import (FeatureSet, ScatterNet, WeightsUnavailable, backbone, extract,
-                           imagenet_weights_available, scatternet)
+from dpnb.features import (
+    FeatureSet,
+    ScatterNet,
+    WeightsUnavailable,
+    backbone,
+    extract,
+    imagenet_weights_available,
+    scatternet,
+)
 from dpnb.params import ParameterError, check_choice
 
 FEATURES = ("auto", "scatternet", "resnet18")

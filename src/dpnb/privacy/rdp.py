@@ -1,25 +1,25 @@
-r"""Privacy accounting for DP-SGD: the sampled Gaussian mechanism, from scratch.
+r"""Rényi DP of the sampled Gaussian mechanism, and its conversion to (ε, δ): pure functions.
 
 DP-SGD (Abadi et al. 2016) releases, at every step, the sum of clipped per-example
-gradients of a Poisson-sampled batch plus Gaussian noise. That step is the *sampled
-Gaussian mechanism* (SGM). This module computes its Rényi-DP curve, composes it over the
-steps of training, and converts the result to (ε, δ)-DP, with the formulas written out so
-that the book's budget chapter can show each of them.
+gradients of a sampled batch plus Gaussian noise: the *sampled Gaussian mechanism* (SGM).
+This module computes its Rényi-DP curve, composes it over the steps of training and converts
+the result to (ε, δ)-DP, with the formulas written out so that the budget chapter can show
+each of them. Every function is pure (numbers in, numbers out) and needs neither torch nor
+Opacus; :mod:`dpnb.privacy.accountant` turns a record of what ran
+(:class:`dpnb.privacy.events.SampledGaussianEvent`) into ε with them.
 
 Example::
 
-    >>> from dpnb import privacy
-    >>> q, steps = privacy.sample_rate_and_steps(dataset_size=60_000, batch_size=256, epochs=60)
-    >>> round(q, 6), steps
-    (0.004267, 14063)
-    >>> eps, order = privacy.rdp_epsilon(noise_multiplier=1.1, sample_rate=q, steps=steps,
-    ...                                  delta=1e-5, conversion="mironov")
+    >>> q, steps = 256 / 60_000, 14_063
+    >>> eps, order = rdp_epsilon(noise_multiplier=1.1, sample_rate=q, steps=steps,
+    ...                          delta=1e-5, conversion="mironov")
     >>> round(eps, 2), order
     (3.01, 8.8)
 
-Everything here assumes Poisson sampling (each example joins each batch independently with
+:func:`sgm_rdp` assumes Poisson sampling (each example joins each batch independently with
 probability ``sample_rate``) and add/remove-one adjacency, which is what Opacus's
-``DPDataLoader`` implements and what its accountants assume.
+``DPDataLoader`` implements and what its accountants assume. :func:`wbk_subsampled_gaussian_rdp`
+covers sampling without replacement under replace-one adjacency (GS-WGAN).
 
 References (keys of ``book/references.bib``):
 
@@ -33,16 +33,12 @@ References (keys of ``book/references.bib``):
 * ``wang2019subsampled``: Y.-X. Wang, B. Balle, S. Kasiviswanathan, *Subsampled Rényi
   Differential Privacy and Analytical Moments Accountant*, AISTATS 2019 (sampling without
   replacement, replace-one adjacency: :func:`wbk_subsampled_gaussian_rdp`, used by GS-WGAN).
-* ``gopi2021prv``: S. Gopi, Y. T. Lee, L. Wutschitz, *Numerical Composition of Differential
-  Privacy*, NeurIPS 2021 (the PRV accountant, used here through Opacus).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -52,9 +48,9 @@ from dpnb.params import ParameterError, check_int, check_number
 
 __all__ = [
     "DEFAULT_ORDERS",
+    "LARGE_ORDERS",
+    "ACCOUNTING_ORDERS",
     "Conversion",
-    "Accountant",
-    "sample_rate_and_steps",
     "gaussian_rdp",
     "gaussian_delta",
     "classic_gaussian_sigma",
@@ -63,37 +59,29 @@ __all__ = [
     "epsilon_by_order",
     "epsilon_curve",
     "rdp_epsilon",
-    "prv_epsilon",
-    "epsilon",
-    "calibrate_noise_multiplier",
     "wbk_subsampled_gaussian_rdp",
     "wbk_epsilon",
 ]
 
-#: Rényi orders searched by default: those of Opacus's ``RDPAccountant`` (and of TF Privacy),
-#: so that numbers computed here can be compared one-to-one with theirs.
+#: Rényi orders of Opacus's ``RDPAccountant`` (and of TF Privacy): 1.1 to 10.9 by 0.1, then 12 to 63.
+#: Numbers computed on this grid compare one-to-one with theirs.
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
+#: Integer orders past Opacus's grid. With orders up to 63 the conversion term alone is at least
+#: about 0.1 at δ = 1e-5, whatever σ, so small targets looked unreachable; at order 65536 it is
+#: below 1e-4. Integer orders are exact and cheap (a sum of α terms).
+LARGE_ORDERS: tuple[int, ...] = (64, 72, 80, 96, 112, 128, 160, 192, 256, 384, 512, 768, 1024, 1536,
+                                 2048, 4096, 8192, 16384, 32768, 65536)
+
+#: The grid accounting uses: Opacus's, extended. Where Opacus's optimum lies inside its grid the
+#: two agree exactly (larger orders only add candidates); past it, ε here is smaller and still a
+#: valid bound.
+ACCOUNTING_ORDERS: tuple[float, ...] = DEFAULT_ORDERS + tuple(float(a) for a in LARGE_ORDERS)
+
 Conversion = Literal["balle", "mironov"]
-Accountant = Literal["rdp", "prv"]
-ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 
-
-def sample_rate_and_steps(*, dataset_size: int, batch_size: int, epochs: float) -> tuple[float, int]:
-    """Sampling rate ``q = batch_size / dataset_size`` and ``steps = ceil(epochs / q)``.
-
-    ``batch_size`` is the *expected* batch size under Poisson sampling. The rounding of the
-    step count follows TF Privacy's ``compute_dp_sgd_privacy``.
-    """
-    dataset_size = check_int("dataset_size", dataset_size, low=1)
-    batch_size = check_int("batch_size", batch_size, low=1)
-    epochs = check_number("epochs", epochs, low=0, low_open=True)
-    if batch_size > dataset_size:
-        raise ParameterError(
-            f"batch_size must be at most dataset_size ({dataset_size}), got {batch_size}"
-        )
-    q = batch_size / dataset_size
-    return q, int(math.ceil(epochs * dataset_size / batch_size))
+#: Terms of the fractional-order series summed before an order is given up (see _log_a_fractional).
+FRACTIONAL_TERMS = 1 << 18
 
 
 def _check_mechanism(noise_multiplier: float, sample_rate: float) -> tuple[float, float]:
@@ -126,7 +114,9 @@ def gaussian_rdp(*, noise_multiplier: float, orders: Sequence[float] = DEFAULT_O
 def gaussian_delta(*, noise_multiplier: float, epsilon: float) -> float:
     r"""Exact δ(ε) of one Gaussian mechanism with sensitivity 1 (Balle & Wang 2018, Thm. 8).
 
-    :math:`\delta = \Phi(\tfrac{1}{2\sigma} - \varepsilon\sigma) - e^{\varepsilon}\,\Phi(-\tfrac{1}{2\sigma} - \varepsilon\sigma)`.
+    .. math::
+        \delta = \Phi(\tfrac{1}{2\sigma} - \varepsilon\sigma)
+                 - e^{\varepsilon}\,\Phi(-\tfrac{1}{2\sigma} - \varepsilon\sigma).
     """
     sigma = check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
     eps = check_number("epsilon", epsilon, low=0)
@@ -184,7 +174,9 @@ def _log_a_fractional(alpha: float, q: float, sigma: float) -> float:
 
     The binomial coefficients of a fractional α change sign past ``ceil(α)``, so the series
     are summed with signs in log space; terms are added in doubling blocks until they drop below
-    e^-40 (A_α ≥ 1, so that is far below float precision).
+    e^-40 (A_α ≥ 1, so that is far below float precision). For q near 1/2 and a large σ the
+    tail decays slowly; past :data:`FRACTIONAL_TERMS` terms the order is dropped (``inf``), which
+    keeps any ε computed from the curve a valid bound: the integer orders still count.
     """
     z0 = sigma**2 * math.log(1 / q - 1) + 0.5
     total_log, total_sign = [], []
@@ -204,8 +196,8 @@ def _log_a_fractional(alpha: float, q: float, sigma: float) -> float:
             break
         start += block
         block *= 2  # for q near 1/2 the tail decays only polynomially
-        if start > 1 << 24:  # pragma: no cover - would need q close to 1/2 and alpha close to 1
-            raise RuntimeError("sampled Gaussian RDP series did not converge")
+        if start > FRACTIONAL_TERMS:  # q near 1/2 with a large sigma: give up on this order
+            return math.inf
     logs = np.concatenate(total_log)
     signs = np.concatenate(total_sign)
     value, sign = special.logsumexp(logs, b=signs, return_sign=True)
@@ -291,7 +283,7 @@ def epsilon_curve(
     sample_rate: float,
     steps: Sequence[int],
     delta: float,
-    orders: Sequence[float] = DEFAULT_ORDERS,
+    orders: Sequence[float] = ACCOUNTING_ORDERS,
     conversion: Conversion = "balle",
 ) -> np.ndarray:
     """RDP ε after each step count in ``steps``; the per-step curve is computed once."""
@@ -309,133 +301,13 @@ def rdp_epsilon(
     sample_rate: float,
     steps: int,
     delta: float,
-    orders: Sequence[float] = DEFAULT_ORDERS,
+    orders: Sequence[float] = ACCOUNTING_ORDERS,
     conversion: Conversion = "balle",
 ) -> tuple[float, float]:
     """(ε, optimal order) of ``steps`` SGM steps, by RDP composition (Mironov 2017, Prop. 1)."""
     steps = check_int("steps", steps, low=1)
     rdp = steps * sgm_rdp(noise_multiplier=noise_multiplier, sample_rate=sample_rate, orders=orders)
     return rdp_to_epsilon(rdp=rdp, orders=orders, delta=delta, conversion=conversion)
-
-
-def prv_epsilon(
-    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, eps_error: float = 0.01
-) -> float:
-    """ε of ``steps`` SGM steps by the PRV accountant (Gopi et al. 2021), via Opacus.
-
-    The PRV accountant composes privacy loss distributions numerically; it returns an upper
-    bound within ``eps_error`` of the true ε of the composition.
-    """
-    sigma, q = _check_mechanism(noise_multiplier, sample_rate)
-    steps = check_int("steps", steps, low=1)
-    delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
-    from opacus.accountants import PRVAccountant
-
-    accountant = PRVAccountant()
-    accountant.history = [(sigma, q, steps)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(accountant.get_epsilon(delta=delta, eps_error=eps_error))
-
-
-def epsilon(
-    *,
-    noise_multiplier: float,
-    sample_rate: float,
-    steps: int,
-    delta: float,
-    accountant: Accountant = "rdp",
-) -> float:
-    """ε of DP-SGD under the named accountant (``"rdp"`` with the Balle conversion, or ``"prv"``)."""
-    if accountant == "rdp":
-        return rdp_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                           steps=steps, delta=delta)[0]
-    if accountant == "prv":
-        return prv_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                           steps=steps, delta=delta)
-    raise ParameterError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
-
-
-@functools.lru_cache(maxsize=512)  # pure: runs that share (ε, q, steps, δ) calibrate once
-def calibrate_noise_multiplier(
-    *,
-    target_epsilon: float,
-    sample_rate: float,
-    steps: int,
-    delta: float,
-    accountant: Accountant = "rdp",
-    sigma_max: float = 1_000.0,
-    rel_tol: float = 1e-3,
-) -> float:
-    """Smallest σ whose ε does not exceed ``target_epsilon``, up to ``rel_tol``.
-
-    ε decreases monotonically in σ. After bracketing the answer (doubling or halving σ), the
-    bracket is narrowed by regula falsi on (log σ, log ε) with the Illinois modification, which
-    needs far fewer accountant calls than bisection (PRV calls are the expensive part). The σ
-    returned is the bracket's upper end, so its ε never exceeds the target; iteration stops when
-    that ε is within ``rel_tol`` (relative) of the target or the bracket is that narrow.
-    Raises :class:`ParameterError` when even ``sigma_max`` cannot reach the target.
-    """
-    target = check_number("target_epsilon", target_epsilon, low=0, low_open=True)
-    q = check_number("sample_rate", sample_rate, low=0, high=1, low_open=True)
-    steps = check_int("steps", steps, low=1)
-    delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
-
-    def f(sigma: float) -> float:  # > 0: too little noise; <= 0: within budget
-        eps = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=accountant)
-        return math.log(max(eps, 1e-300)) - math.log(target)
-
-    if accountant == "prv":
-        # PRV is never above RDP, so RDP's answer is an upper end; starting there keeps the PRV
-        # accountant away from tiny σ, where each of its calls is slow.
-        hi = calibrate_noise_multiplier(target_epsilon=target, sample_rate=q, steps=steps, delta=delta,
-                                        accountant="rdp", sigma_max=sigma_max, rel_tol=rel_tol)
-        f_hi, lo = f(hi), 0.85 * hi
-        while (f_lo := f(lo)) <= 0:
-            hi, f_hi, lo = lo, f_lo, 0.85 * lo
-            if lo < 1e-3:
-                return hi
-        return _illinois(f, lo, f_lo, hi, f_hi, rel_tol)
-    hi, f_hi = 1.0, f(1.0)
-    while f_hi > 0:
-        hi *= 2
-        if hi > sigma_max:
-            raise ParameterError(
-                f"target_epsilon={target:g} is unreachable with noise_multiplier <= {sigma_max:g} "
-                f"(sample_rate={q:g}, steps={steps}, delta={delta:g}, accountant={accountant}); "
-                "raise the target, or lower sample_rate or steps"
-            )
-        f_hi = f(hi)
-    lo, f_lo = hi / 2, f(hi / 2)
-    while f_lo <= 0:  # targets that need sigma < 1: bracket from below as well
-        hi, f_hi, lo = lo, f_lo, lo / 2
-        if lo < 1e-3:
-            return hi
-        f_lo = f(lo)
-    return _illinois(f, lo, f_lo, hi, f_hi, rel_tol)
-
-
-def _illinois(f: Callable[[float], float], lo: float, f_lo: float, hi: float, f_hi: float,
-              rel_tol: float) -> float:
-    """Narrow a bracket f(lo) > 0 >= f(hi) by Illinois regula falsi in log σ; return its upper end."""
-    retained = 0  # which end survived the last step: +1 lo, -1 hi (Illinois bookkeeping)
-    while hi - lo > rel_tol * hi and -f_hi > math.log1p(rel_tol):
-        a, b = math.log(lo), math.log(hi)
-        x = b - f_hi * (b - a) / (f_hi - f_lo)
-        x = min(max(x, a + 0.01 * (b - a)), b - 0.01 * (b - a))  # stay strictly inside
-        mid = math.exp(x)
-        f_mid = f(mid)
-        if f_mid > 0:
-            lo, f_lo = mid, f_mid
-            if retained == -1:
-                f_hi /= 2
-            retained = -1
-        else:
-            hi, f_hi = mid, f_mid
-            if retained == 1:
-                f_lo /= 2
-            retained = 1
-    return hi
 
 
 # --------------------------------------------------------------------------------------
