@@ -37,6 +37,7 @@ book: setup
 	$(BIN)/dpnb book --profile $(PROFILE)
 
 test: setup browser
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest
 
 lab: setup
