@@ -21,6 +21,12 @@
 # $\sigma$, $T$ steps. What $(\varepsilon, \delta)$ guarantee does it have, and why should you
 # believe the number a library prints?
 #
+# **What you will see:** the classic MNIST run's ε under three accountings (section 6) and the σ for a target ε (section 7):
+#
+# ```{glue:md} budget-headline
+# :format: myst
+# ```
+#
 # This chapter derives the answer from three results: the Gaussian mechanism, Rényi
 # differential privacy (RDP) and its composition {cite:p}`mironov2017renyi`, and the RDP of the
 # *sampled* Gaussian mechanism {cite:p}`mironov2019sgm`. Each formula is implemented from
@@ -60,7 +66,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from dpnb import dpsgd, plots, privacy
+from dpnb import dpsgd, plots, privacy, prose
 from dpnb.params import check_choice, check_each, check_int, check_number
 from dpnb.privacy import compare
 from dpnb.results import Results
@@ -119,6 +125,9 @@ profile_df = pd.DataFrame(
     ]
 )
 fig = plots.gaussian_privacy_profile(profile_df[profile_df["delta"] > 1e-12])
+plots.caption("Exact privacy profile δ(ε) of **one** Gaussian release (sensitivity 1, no sampling) for "
+              f"σ ∈ {{{', '.join(f'{s:g}' for s in sorted(profile_df['noise_multiplier'].unique()))}}}: "
+              "every (ε, δ) pair on a curve holds at once.")
 
 # %% [markdown]
 # One release with $\sigma=1$ is already a weak guarantee. DP-SGD makes thousands of them;
@@ -194,6 +203,9 @@ rdp_df = pd.DataFrame(
     ]
 )
 fig = plots.rdp_curves(rdp_df)
+plots.caption(f"RDP ε(α) of one step of the sampled Gaussian mechanism (σ = {noise_multiplier:g}; Poisson "
+              f"sampling, add/remove) at sampling rates {', '.join(rdp_df['sample_rate'].unique())}, "
+              "on Opacus's order grid.")
 
 # %% [markdown]
 # Each factor of 10 in $q$ lowers a step's RDP by roughly a factor of 100 at small orders
@@ -229,6 +241,8 @@ conv_df = pd.concat(
 fig = plots.conversion_curves(
     conv_df, title=f"q = {sample_rate:.4g}, σ = {noise_multiplier:g}, T = {steps}, δ = {delta:g}"
 )
+plots.caption(f"ε at each Rényi order after T = {steps} steps (q = {sample_rate:.4g}, σ = {noise_multiplier:g}, "
+              f"δ = {delta:g}, Poisson, add/remove) under the two conversions; the reported ε is each curve's minimum.")
 
 # %% [markdown]
 # The optimal order is interior: small orders pay the $\log(1/\delta)/(\alpha-1)$ term, large
@@ -299,6 +313,9 @@ display(Markdown(
     f"({1 - eps_rdp / eps_old:.0%} lower) and the PRV accountant **{eps_prv:.2f}** "
     f"({1 - eps_prv / eps_old:.0%} lower than the old figure)."
 ))
+prose.headline("budget", f"the run q = {sample_rate:.4g}, σ = {noise_multiplier:g}, T = {steps} has ε = **{eps_old:.2f}** "
+               f"by the old RDP conversion, **{eps_rdp:.2f}** by today's and **{eps_prv:.2f}** by PRV (δ = {delta:g}, "
+               "Poisson sampling, add/remove adjacency, as all three assume).", display=False)
 
 # %% [markdown]
 # With the book's default parameters (the reference run) the table reproduces the 3.01 of
@@ -355,6 +372,8 @@ curve_df = pd.DataFrame(
     ]
 )
 fig = plots.epsilon_vs_epochs(curve_df, delta=delta, accountant="RDP accountant, Poisson sampling")
+plots.caption(f"ε against epochs (δ = {delta:g}, RDP accountant, Poisson sampling, add/remove) for "
+              f"N = {dataset_size}, at q = {', '.join(f'{q:.4g}' for q in curve_rates)} and three noise multipliers.")
 
 # %% [markdown]
 # ε grows sublinearly with the number of epochs (roughly like $\sqrt{T}$ for moderate ε, the

@@ -23,6 +23,12 @@
 # learns only from D's scores of its own samples, is post-processing, and so is every image it
 # draws {cite:p}`xie2018differentially`. The budget is spent by D's steps alone.
 #
+# **What you will see:** the samples of section 3 and the scores of section 5; in numbers:
+#
+# ```{glue:md} dpgan-headline
+# :format: myst
+# ```
+#
 # **Setup.** A class-conditional DCGAN-style G and a projection discriminator
 # {cite:p}`miyato2018cgans` (two strided convolutions, LeakyReLU, no normalisation) on the
 # 60,000 MNIST training images. Three losses: the non-saturating GAN, WGAN with weight
@@ -74,7 +80,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import data, dpsgd, gan, metrics, plots
+from dpnb import data, dpsgd, gan, metrics, plots, prose
 from dpnb.params import check_choice, check_each, check_int, check_number
 from dpnb.results import Results
 from dpnb.train import select_device
@@ -186,6 +192,7 @@ display(main[cols].style.format(precision=3).set_caption(
 for label, (_res, synth) in generators.items():
     x, y = synth.tensors
     plots.sample_grid(x, y, per_class=8, title=f"MNIST DP-GAN samples: {label} (δ = {delta:g}, PRV)")
+    display(plots.caption(f"Samples of the {label} generator, one row per class (δ = {delta:g}, PRV, Poisson, add/remove)."))
 
 # %% [markdown]
 # ## 4. The other losses at the same budget
@@ -207,6 +214,7 @@ display(scores[cols].style.format(precision=3).set_caption(
 for label in [r["label"] for r in rows_v]:
     res, synth = generators[label]
     plots.sample_grid(*synth.tensors, per_class=8, title=f"MNIST DP-GAN samples: {label} (δ = {delta:g}, PRV)")
+    display(plots.caption(f"Samples of the {label} generator, one row per class (δ = {delta:g}, PRV, Poisson, add/remove)."))
 
 # %% [markdown]
 # ## 5. Scores against ε
@@ -214,6 +222,8 @@ for label in [r["label"] for r in rows_v]:
 # %%
 fig = plots.generator_scores(scores, fid_name=judge.fid_name,
                              title=f"MNIST generators: FID, IS and train-on-synthetic accuracy (δ = {delta:g}, PRV)")
+plots.caption(f"Scores of each generator (ε in the labels, δ = {delta:g}, PRV, Poisson, add/remove): {judge.fid_name}, "
+              "IS and the test accuracy of classifiers trained on its samples; one run each.")
 
 # %% [markdown]
 # ## 6. How this compares with the published numbers
@@ -253,6 +263,14 @@ for _, r in scores[scores["dp"]].iterrows():
                  f"{judge.fid_name} {r['fid']:.1f} vs {nonpriv['fid']:.1f}."
                  if "CNN" in downstream_models else f"* {r['label']}: FID {r['fid']:.1f}.")
 display(Markdown("\n".join(lines)))
+if "CNN" in downstream_models:
+    prose.headline("dpgan", f"a CNN trained only on samples of the best DP generator ({best['label']}) reaches "
+                   f"**{best['CNN']:.1%}** on the real MNIST test set, against **{nonpriv['CNN']:.1%}** for the "
+                   f"non-private generator of the same length and {real['CNN']:.1%} for real training images "
+                   f"(δ = {delta:g}, PRV, Poisson sampling, add/remove; one run each).", display=False)
+else:
+    prose.headline("dpgan", f"the best DP generator here is {best['label']} ({judge.fid_name} {best['fid']:.1f}).",
+                   display=False)
 
 # %% [markdown]
 # **Try.** `papermill nbs/dpgan.ipynb out.ipynb -p steps 5000 -p loss gan` on a GPU, or the

@@ -21,6 +21,12 @@
 # official split, 10 training images per class. How much can DP-SGD learn from so little data,
 # and how much does it help to train only a head on fixed features?
 #
+# **What you will see:** the DP head against the non-private one (section 2); in numbers:
+#
+# ```{glue:md} flowers-headline
+# :format: myst
+# ```
+#
 # This chapter is also the one to run from the command line, with the flags of a classic
 # `train.py` as notebook parameters, for example
 #
@@ -72,7 +78,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import cost, dpsgd, models, plots, privacy
+from dpnb import cost, dpsgd, models, plots, privacy, prose
 from dpnb.params import check_choice, check_each, check_int, check_number
 from dpnb.results import Results
 from dpnb.train import TrainConfig, opacus_steps_per_epoch, select_device, train
@@ -223,10 +229,19 @@ display(variants[["head", "run", "epochs", "batch_size", "noise_multiplier", "ep
 # %%
 fig = plots.transfer_variants(variants, title=f"Flowers-102 ({split} split), {fd.extractor} features: "
                               f"trainable part vs privacy (δ = {delta:g}, PRV)")
+plots.caption(f"Flowers-102 top-1 and top-5 test accuracy by trainable part, with and without DP (δ = {delta:g}, PRV, "
+              "Poisson, add/remove; ε in the table above).")
 
 # %%
 display(Markdown("Test accuracy (top-1 / top-5): " + "; ".join(
     f"{r.head} head, {r.run}: **{r.top1:.1%}** / {r.top5:.1%}" for r in variants.itertuples()) + "."))
+_lin = variants[variants["head"] == "linear"].set_index("run")
+_dp = [r for r in _lin.index if r != "non-private"]
+prose.headline("flowers", f"on {fd.extractor} features of the {split} split, a linear head reaches "
+               f"**{_lin.loc['non-private', 'top1']:.1%}** top-1 without privacy"
+               + (f" and **{_lin.loc[_dp[0], 'top1']:.1%}** with DP-SGD at ε = {_lin.loc[_dp[0], 'epsilon_prv']:.2f} "
+                  f"(δ = {delta:g}, PRV, Poisson sampling, add/remove; one run each)." if _dp else " (dp=False run)."),
+               display=False)
 
 # %% [markdown]
 # Without privacy, more trainable layers can only fit the data better. Under DP every trainable
@@ -273,6 +288,8 @@ if dp:
     fig = plots.accuracy_grid(grid, delta=delta, accountant="PRV, Poisson sampling",
                               baseline={"top1": lin["top1"], "top5": lin["top5"]},
                               title=f"Flowers-102, {fd.extractor} + DP linear head, {epochs} epochs")
+    display(plots.caption(f"Top-1 and top-5 test accuracy of the DP linear head by target ε and batch size (δ = {delta:g}, "
+                          "PRV, Poisson, add/remove), against the non-private head; one run each."))
 
 # %%
 if dp:
@@ -305,6 +322,8 @@ display(cost_df[["method", "batch_size", "seconds_per_step", "slowdown_vs_non_pr
 
 # %%
 fig = plots.cost_of_privacy(cost_df, per="step")
+plots.caption("Time per step and peak memory of end-to-end ResNet-18 training on Flowers-102, non-private and with "
+              "each way of computing per-example gradients; a cost measurement, no ε.")
 
 # %%
 slow = cost_df[cost_df["method"] != "non-private"].groupby("method")["slowdown_vs_non_private"].mean()

@@ -20,6 +20,12 @@
 # **Question.** Take an ordinary MNIST classifier. What changes when it is trained with
 # DP-SGD, how much accuracy does a given ε cost, and what does privacy cost in time and memory?
 #
+# **What you will see:** the privacy-utility curve of section 3; in numbers:
+#
+# ```{glue:md} mnist-headline
+# :format: myst
+# ```
+#
 # We train the small tanh CNN of Papernot et al. {cite:p}`papernot2021tempered` and
 # Tramèr & Boneh {cite:p}`tramer2021differentially` (`dpnb.models.mnist_cnn`) first without
 # privacy, then with DP-SGD {cite:p}`abadi2016deep` through Opacus {cite:p}`opacus2021`, using
@@ -63,7 +69,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import cost, data, dpsgd, models, plots
+from dpnb import cost, data, dpsgd, models, plots, prose
 from dpnb.params import check_choice, check_each, check_int, check_number
 from dpnb.progress import progress
 from dpnb.published import published
@@ -184,9 +190,14 @@ display(curve[["target_epsilon", "noise_multiplier", "steps", "epsilon_prv", "ep
 # %%
 fig = plots.privacy_utility(curve, published=published("mnist"), baseline=baseline_accuracy, delta=delta,
                             accountant=f"{accountant.upper()} accountant, Poisson sampling")
+plots.caption(f"MNIST test accuracy against ε (δ = {delta:g}, {accountant.upper()}, Poisson sampling, add/remove) "
+              f"after {epochs} DP epochs, one run (seed {seed}) per ε; the line is the non-private baseline, "
+              "the other marks are published results under their own accountants.")
 
 # %%
 fig = plots.training_curves(pd.concat([baseline.history.assign(run="non-private")] + curve_histories))
+plots.caption(f"Test accuracy after each epoch, non-private and at each target ε (δ = {delta:g}, "
+              f"{accountant.upper()}).")
 
 # %% [markdown]
 # How this compares with the literature (accuracies as published; their ε use different
@@ -215,6 +226,12 @@ display(Markdown(
     "Test accuracy by target ε: " + ", ".join(
         f"ε = {r.epsilon:.2g}: **{r.test_accuracy:.2%}** (σ = {r.noise_multiplier:.2f})" for r in curve.itertuples())
     + f"; non-private: {baseline_accuracy:.2%}."))
+strongest = curve.loc[curve["epsilon"].idxmin()]
+weakest = curve.loc[curve["epsilon"].idxmax()]
+prose.headline("mnist", f"after {epochs} DP epochs the CNN reaches **{weakest['test_accuracy']:.1%}** test accuracy at "
+               f"ε = {weakest['epsilon']:.2f} and **{strongest['test_accuracy']:.1%}** at ε = {strongest['epsilon']:.2f} "
+               f"(δ = {delta:g}, {accountant.upper()}, Poisson sampling, add/remove; one run each), against "
+               f"{baseline_accuracy:.1%} without privacy after {baseline_epochs} epochs.", display=False)
 
 # %% [markdown]
 # Only σ differs between these runs: a smaller ε needs a larger σ for the same number of steps,
@@ -250,10 +267,14 @@ display(sweep[["max_grad_norm", "batch_size", "noise_multiplier", "steps", "epsi
 # %%
 fig = plots.sweep(sweep[sweep["batch_size"] == batch_size], x="max_grad_norm", hue="batch_size",
                   epsilon=sweep_epsilon, delta=delta, xlabel="clipping norm C (log scale)")
+plots.caption(f"Test accuracy against the clipping norm at ε = {sweep_epsilon:g} (δ = {delta:g}, {accountant.upper()}), "
+              f"batch {batch_size}, {sweep_limit} training images, {sweep_epochs} epochs; one run each.")
 
 # %%
 fig = plots.sweep(sweep[sweep["max_grad_norm"] == max_grad_norm], x="batch_size", hue="max_grad_norm",
                   epsilon=sweep_epsilon, delta=delta, xlabel="batch size (log scale)")
+plots.caption(f"Test accuracy against the batch size at ε = {sweep_epsilon:g} (δ = {delta:g}, {accountant.upper()}), "
+              f"C = {max_grad_norm:g}, {sweep_limit} training images, {sweep_epochs} epochs; one run each.")
 
 # %%
 by_c = sweep[sweep["batch_size"] == batch_size].set_index("max_grad_norm")["test_accuracy"]
@@ -297,6 +318,8 @@ display(cost_df[show].style.format(precision=2).hide(axis="index"))
 
 # %%
 fig = plots.cost_of_privacy(cost_df)
+plots.caption(f"Time per epoch and peak memory of the MNIST CNN, non-private and with each way of computing "
+              f"per-example gradients ({device}); a cost measurement, no ε.")
 
 # %%
 slow = cost_df[cost_df["method"] != "non-private"].groupby("method")["slowdown_vs_non_private"].mean()

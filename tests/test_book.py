@@ -110,6 +110,11 @@ def test_html_pages_exist(smoke_build: Path) -> None:
     page = (html / "nbs" / "budget.html").read_text()
     assert "mathjax/tex-chtml.js" in page and "cdn.jsdelivr.net/npm/mathjax" not in page
     assert "mybinder.org/v2/gh/" in page and "nbs/budget.ipynb" in page  # Binder launch button
+    for ch in book.chapters(ROOT):  # each page opens with its question and the run's own answer
+        text = (html / f"{ch.toc_file}.html").read_text()
+        opening = text[text.index("Question."):][:6000]
+        assert "What you will see" in opening and "glue:md" not in opening, ch.name
+        assert "ε" in opening.split("What you will see", 1)[1][:3000], f"{ch.name}: no ε in the opening sentence"
 
 
 def _require_chromium() -> None:

@@ -142,3 +142,34 @@ def test_bench_bad_input(args: list[str], message: str) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_bench_without_data_is_one_line(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DPNB_DATA", str(tmp_path))  # an empty folder: MNIST is not there
+    proc = run_dpnb("bench", "--max-batches", "1", "--batch-sizes", "64", timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dpnb bench: error: mnist: not found under"), proc.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--dataset-size", "60000", "--batch-size", "256", "--epochs", "60", "--target-epsilon", "1000"],
+    ["--sample-rate", "0.5", "--steps", "10000", "--noise-multiplier", "0.5"],
+    ["--sample-rate", "0.01", "--steps", "10000000", "--noise-multiplier", "1"],
+    ["--sample-rate", "1", "--steps", "10", "--noise-multiplier", "1e-6"],
+])
+def test_prv_out_of_reach_is_reported_next_to_rdp(args: list[str]) -> None:
+    """Inputs that used to exhaust memory (22 GB) or end in a traceback: RDP answers, PRV says why not."""
+    proc = run_dpnb("privacy", *args, "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["epsilon"]["rdp"] > 0 and out["epsilon"]["prv"] is None
+    assert "its grid would need" in out["unavailable"]["prv"]
+    text = run_dpnb("privacy", *args, timeout=120)
+    assert "epsilon (PRV)      = not computed: its grid would need" in text.stdout
+
+
+def test_small_target_is_reached_by_both_accountants() -> None:
+    proc = run_dpnb("privacy", "--sample-rate", "0.01", "--steps", "100", "--target-epsilon", "0.1", "--json")
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and all(e <= 0.1 for e in out["epsilon"].values())

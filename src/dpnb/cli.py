@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from dpnb.params import ParameterError, check_int, check_number
+from dpnb.params import ParameterError, Unavailable, check_int, check_number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,7 +153,7 @@ def privacy_main(a: argparse.Namespace) -> int:
 
 def bench_main(a: argparse.Namespace) -> int:
     from dpnb.cost import measure_grid
-    from dpnb.train import select_device
+    from dpnb.devices import select_device
 
     for b in a.batch_sizes:
         check_int("--batch-sizes", b, low=1, high=60_000)
@@ -162,6 +162,9 @@ def bench_main(a: argparse.Namespace) -> int:
     if a.max_batches is not None:
         check_int("--max-batches", a.max_batches, low=1)
     select_device(a.device)  # a clear error for cuda without CUDA
+    from dpnb.data import load_dataset
+
+    load_dataset("mnist", split="train")  # DataUnavailable (one line) before any timing starts
     df = measure_grid(methods=a.methods, batch_sizes=a.batch_sizes, limit=a.limit,
                       max_batches=a.max_batches, device=a.device)
     cols = ["method", "batch_size", "device", "samples_per_second", "seconds_per_epoch",
@@ -207,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return book_main(a)
     except ParameterError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except Unavailable as e:  # data or weights missing: the message says how to provide them
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 

@@ -78,7 +78,8 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from dpnb.train import TrainConfig, make_private, select_device
+    from dpnb.devices import select_device
+    from dpnb.train import TrainConfig, make_private
 
     torch.manual_seed(seed)
     dev = select_device(device)

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from dpnb.params import ParameterError, check_choice, check_int
+from dpnb.params import ParameterError, Unavailable, check_choice, check_int
+from dpnb.store import load_tensors, save_tensors
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "flowers102")
 SPLITS = {
@@ -55,7 +56,7 @@ _FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "cifar
             "flowers102": "flowers-102"}
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(Unavailable):
     """A dataset is neither on disk nor downloadable; the message says how to provide it."""
 
 
@@ -159,15 +160,15 @@ def cifar10_tensors(*, split: str = "train", root: str | os.PathLike[str] | None
     """CIFAR-10 as float tensors (N, 3, 32, 32), optionally a seeded subset; ``normalize`` applies
     the per-channel training-set statistics (:data:`NORMALIZATION`), else values are in [0, 1].
 
-    The decoded images are cached as uint8 under ``$DPNB_CACHE`` (see :mod:`dpnb.features`):
+    The decoded images are cached as uint8 under ``$DPNB_CACHE`` (see :func:`dpnb.store.cache_dir`):
     decoding 60,000 JPEGs once is enough.
     """
-    from dpnb.features import cache_dir
+    from dpnb.store import cache_dir
 
     split = check_choice("split", split, SPLITS["cifar10"])
     path = cache_dir() / f"cifar10-{split}-uint8.pt"
     if path.is_file():
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        d = load_tensors(path)
         x, y = d["images"], d["labels"]
         if limit is not None:
             idx = seeded_indices(len(y), check_int("limit", limit, low=1, high=len(y)), seed=seed)
@@ -190,8 +191,7 @@ def cifar10_tensors(*, split: str = "train", root: str | os.PathLike[str] | None
         y = y[idx]
         if limit is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"images": x, "labels": y}, path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)
+            save_tensors({"images": x, "labels": y}, path)
     xf = x.float().div_(255)
     if normalize:
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION["cifar10"])

@@ -22,13 +22,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,19 +33,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from dpnb.models import out_of_place_residuals
 from dpnb.params import check_choice
 from dpnb.scattering import Scattering2D, num_coefficients
+from dpnb.store import WeightsUnavailable, atomic_save, cache_dir, hub_state_dict, load_tensors
 
 BACKBONE_WEIGHTS = ("imagenet", "none")
-
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights are neither in ``$TORCH_HOME`` nor downloadable."""
-
-
-def cache_dir() -> Path:
-    """``$DPNB_CACHE``, else ``$XDG_CACHE_HOME/dpnb``, else ``~/.cache/dpnb``."""
-    if os.environ.get("DPNB_CACHE"):
-        return Path(os.environ["DPNB_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dpnb"
 
 
 class ScatterNet(nn.Module):
@@ -103,26 +89,6 @@ def normalized_views(views: list[FeatureSet], *, groups: int) -> TensorDataset:
 def scatternet(*, J: int, shape: tuple[int, int], channels: int = 3, L: int = 8) -> ScatterNet:
     """Tramèr & Boneh's ScatterNet features: J scales, L=8 angles, normalised per example."""
     return ScatterNet(J=J, shape=shape, channels=channels, L=L)
-
-
-def hub_state_dict(url: str, *, what: str, fallback: str) -> dict[str, torch.Tensor]:
-    """The state dict at ``url`` from ``$TORCH_HOME/hub/checkpoints`` or a download, else :class:`WeightsUnavailable`.
-
-    ``what`` names the weights and ``fallback`` says what the reader can do instead, both for
-    the one-line error.
-    """
-    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if file.is_file():
-        return torch.load(file, map_location="cpu", weights_only=True)
-    try:
-        # torch.hub announces "Downloading: ..." (on stdout) before trying; keep that for real downloads only
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
-                                                      weights_only=True)
-    except Exception as e:  # URLError, HTTPError, ssl errors, hash mismatch ...
-        raise WeightsUnavailable(
-            f"{what} are not in {file.parent} and could not be downloaded ({type(e).__name__}); "
-            f"put {file.name} there (or set TORCH_HOME), {fallback}") from None
 
 
 def imagenet_state_dict(name: str = "resnet18") -> dict[str, torch.Tensor]:
@@ -225,7 +191,7 @@ def extract(dataset: Dataset, extractor: Callable[[torch.Tensor], torch.Tensor],
 
     path = cache_dir() / f"{key.replace('/', '_')}-{_digest(key, len(dataset))}.pt"  # type: ignore[arg-type]
     if cache and path.is_file():
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        d = load_tensors(path)
         return FeatureSet(d["features"], d["labels"])
     if isinstance(extractor, nn.Module):
         extractor = extractor.to(device).eval()
@@ -237,15 +203,5 @@ def extract(dataset: Dataset, extractor: Callable[[torch.Tensor], torch.Tensor],
     out = FeatureSet(torch.cat(feats), torch.cat(labels))
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"features": out.features, "labels": out.labels}, tmp)
-        tmp.replace(path)
+        atomic_save(path, lambda tmp: torch.save({"features": out.features, "labels": out.labels}, tmp))
     return out
-
-
-def describe(extractor: Any) -> str:
-    """A short, stable name of an extractor for cache keys and tables."""
-    if isinstance(extractor, ScatterNet):
-        s = extractor.scattering
-        return f"scatternet-J{s.J}-L{s.L}-{s.shape[0]}x{s.shape[1]}"
-    return type(extractor).__name__

@@ -47,8 +47,9 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import TensorDataset
 
 from dpnb import dpsgd, privacy
+from dpnb.devices import select_device
+from dpnb.layers import EMA
 from dpnb.params import check_budget, check_choice, check_int, check_number
-from dpnb.train import select_device
 
 LOSSES = ("gan", "wgan", "wgan-gp")
 WGAN_WEIGHT_CLIP = 0.01
@@ -273,8 +274,6 @@ def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) 
     σ is ``noise_multiplier`` or calibrated to ``target_epsilon`` for ``steps`` D steps with ``accountant``.
     """
     from dpnb.progress import progress as progress_bar
-    from dpnb.scale import EMA
-
     x_all, y_all = data.tensors
     N = len(y_all)
     config = config.validated(N)

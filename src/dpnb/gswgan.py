@@ -51,9 +51,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dpnb import dpsgd, privacy
+from dpnb.devices import select_device
 from dpnb.gan import Discriminator, Generator, pair_loss
+from dpnb.layers import EMA
 from dpnb.params import ParameterError, check_budget, check_int, check_number
-from dpnb.train import select_device
 
 SENSITIVITY = 2.0  # replace-one: two clipped vectors differ by at most 2C
 
@@ -261,8 +262,6 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
     modified in place (the discriminators keep training).
     """
     from dpnb.progress import progress as progress_bar
-    from dpnb.scale import EMA
-
     x_all, y_all = data.tensors
     config = config.validated(len(y_all))
     device = select_device(config.device)

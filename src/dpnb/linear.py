@@ -38,9 +38,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dpnb.devices import select_device
 from dpnb.dpsgd import DPSGD, clip_factors
 from dpnb.params import ParameterError, check_int
-from dpnb.train import TrainConfig, TrainResult, select_device
+from dpnb.train import TrainConfig, TrainResult
 
 
 def per_example_grad_norms(*, inputs: torch.Tensor, logit_grads: torch.Tensor) -> torch.Tensor:

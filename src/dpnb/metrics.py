@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dpnb.params import ParameterError, check_choice, check_each, check_int
+from dpnb.store import load_tensors, save_tensors
 
 FID_FEATURES = ("auto", "inception", "classifier")
 DOWNSTREAM_MODELS = ("logistic regression", "MLP", "random forest", "CNN")
@@ -86,17 +87,24 @@ def inception_score(probs: Any, *, splits: int = 1) -> float:
 def inception_extractor() -> nn.Module:
     """pytorch-fid's InceptionV3 (2048-d pool features) with the standard FID weights.
 
-    Raises :class:`dpnb.features.WeightsUnavailable` (one line) when the weights are neither in
+    Raises :class:`dpnb.store.WeightsUnavailable` (one line) when the weights are neither in
     ``$TORCH_HOME/hub/checkpoints`` nor downloadable. Inputs are images in [0, 1]; grey images
     are repeated to three channels and resized to 299 px inside.
     """
-    from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
+    import functools
+    from unittest import mock
 
-    from dpnb.features import hub_state_dict
+    import pytorch_fid.inception as fid_inception
 
-    hub_state_dict(FID_WEIGHTS_URL, what="fid_features='inception': the FID Inception weights",
+    from dpnb.store import hub_state_dict
+
+    hub_state_dict(fid_inception.FID_WEIGHTS_URL, what="fid_features='inception': the FID Inception weights",
                    fallback="or use fid_features='classifier' (FID in a classifier's feature space)")
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], normalize_input=True)  # loads from the hub dir
+    # pytorch-fid loads the same file again through torch.hub, whose default unpickles arbitrary objects:
+    # make that load weights_only too
+    safe = functools.partial(torch.hub.load_state_dict_from_url, weights_only=True)
+    with mock.patch.object(fid_inception, "load_state_dict_from_url", safe):
+        net = fid_inception.InceptionV3([fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], normalize_input=True)
     return _InceptionFeatures(net).eval()
 
 
@@ -179,12 +187,12 @@ def train_judge(train: TensorDataset, test: TensorDataset, *, fid_features: str 
                 seed: int = 0, reference_size: int | None = None) -> Judge:
     """Train the judge CNN on real images in [0, 1]; choose the FID features (``auto``: Inception if available).
 
-    ``fid_features='inception'`` without the weights raises :class:`dpnb.features.WeightsUnavailable`.
-    The trained judge is cached in :func:`dpnb.features.cache_dir` (loaded with ``weights_only=True``).
+    ``fid_features='inception'`` without the weights raises :class:`dpnb.store.WeightsUnavailable`.
+    The trained judge is cached in :func:`dpnb.store.cache_dir` (loaded with ``weights_only=True``).
     """
     import hashlib
 
-    from dpnb.features import WeightsUnavailable, cache_dir
+    from dpnb.store import WeightsUnavailable, cache_dir
 
     fid_features = check_choice("fid_features", fid_features, FID_FEATURES)
     x, y = train.tensors
@@ -193,14 +201,12 @@ def train_judge(train: TensorDataset, test: TensorDataset, *, fid_features: str 
     path = cache_dir() / f"judge-{key}.pt"
     clf = judge_cnn()
     if path.is_file():
-        clf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        clf.load_state_dict(load_tensors(path))
         clf.eval()
     else:
         fit_classifier(clf, x, y, epochs=epochs, seed=seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(clf.state_dict(), tmp)
-        tmp.replace(path)
+        save_tensors(clf.state_dict(), path)
     extractor: nn.Module | None = None
     name = "classifier FID (judge CNN features, not Inception)"
     if fid_features in ("auto", "inception"):

@@ -24,11 +24,6 @@ from dpnb.params import check_choice
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "selu": nn.SELU}
 
 
-def _functorch_batched(x: torch.Tensor) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)  # vmap or grad wrappers
-    return bool(check is not None and check(x))
-
-
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` computed in channels-last layout, returned in the usual layout.
 
@@ -38,8 +33,6 @@ class MaxPool2d(nn.MaxPool2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _functorch_batched(x):  # inside torch.func.vmap (dpnb.scale): no channels-last there
-            return super().forward(x)
         y = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
                          self.padding, self.dilation, ceil_mode=self.ceil_mode)
         return y.contiguous()

@@ -26,6 +26,10 @@ class ParameterError(ValueError):
     """A parameter is outside its allowed range; the message is one line."""
 
 
+class Unavailable(RuntimeError):
+    """Data or weights are neither on disk nor downloadable; the one-line message says how to provide them."""
+
+
 def _range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
         return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"

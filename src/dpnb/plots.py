@@ -16,12 +16,25 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
 sns.set_theme(context="notebook", style="whitegrid")
+
+
+def caption(text: str) -> Any:
+    """A figure's caption, shown under it: what it shows, and at which ε and δ (Markdown).
+
+        >>> caption("ε against steps (δ = 1e-05)").data
+        '*Figure.* ε against steps (δ = 1e-05)'
+    """
+    from IPython.display import Markdown
+
+    return Markdown(f"*Figure.* {text}")
 
 
 def _log_ticks(ax: plt.Axes, values: object) -> None:

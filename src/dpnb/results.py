@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dpnb.store import save_csv
+
 COLUMNS = ["chapter", "experiment", "dataset", "model", "dp", "epsilon", "delta", "accountant",
            "metric", "value", "seconds", "profile"]
 
@@ -68,11 +70,3 @@ class Results:
         for name, frame in tables.items():
             save_csv(frame, out / f"{self.chapter}_{name}.csv")
         return path
-
-
-def save_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` to ``path`` atomically (a temporary file, then a rename); no index column."""
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path

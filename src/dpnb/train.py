@@ -42,10 +42,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dpnb import dpsgd, privacy
+from dpnb.devices import DEVICES, select_device
 from dpnb.params import ParameterError, check_budget, check_choice, check_int, check_number
+from dpnb.store import load_tensors, save_tensors
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -151,14 +152,6 @@ def _loader(dataset: Dataset, **kw: Any) -> DataLoader:
     return DataLoader(dataset, **kw)
 
 
-def select_device(device: str = "auto") -> torch.device:
-    """``cuda`` when asked for or (``auto``) available, else ``cpu``."""
-    device = check_choice("device", device, DEVICES)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("device must be 'auto' or 'cpu' on this machine: CUDA is not available")
-    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def dp_problems(model: nn.Module) -> list[str]:
     """What stops Opacus from training ``model`` privately (e.g. BatchNorm mixes examples)."""
     from opacus.validators import ModuleValidator
@@ -185,15 +178,12 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
     """Save the (unwrapped) model's ``state_dict``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(_unwrap(model).state_dict(), tmp)
-    tmp.replace(path)
-    return path
+    return save_tensors(_unwrap(model).state_dict(), path)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``: no code runs)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path)
     _unwrap(model).load_state_dict(state)
     return model
 

@@ -1,0 +1,59 @@
+"""Text generated from the run, placed where a reader looks first.
+
+Every chapter opens with its question and a short *what you will see*: the number that answers
+it. That number is only known at the end of the run, so the chapter computes the sentence where
+the result is (:func:`headline`) and the opening cell pastes it with MyST-NB's ``glue:md``
+directive, which Jupyter Book resolves when it builds the page::
+
+    ```{glue:md} mnist-headline
+    :format: myst
+    ```
+
+No result is typed into the opening: it is the run's own sentence. In ``jupyter lab`` the
+directive shows as text; the sentence itself is displayed where it was computed.
+
+Example::
+
+    >>> md = headline("demo", "At ε = 1 the model reaches **97%**.", display=False)
+    >>> md.data
+    'At ε = 1 the model reaches **97%**.'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["headline", "glue_name"]
+
+
+def glue_name(chapter: str) -> str:
+    """The glue key of a chapter's opening sentence: ``"<chapter>-headline"``."""
+    return f"{chapter}-headline"
+
+
+def headline(chapter: str, text: str, *, display: bool = True) -> Any:
+    """Store ``text`` (Markdown) for the opening of ``chapter``'s page and return it as Markdown.
+
+    With ``display`` (in a notebook), the text is also shown where it was computed.
+    """
+    from IPython.display import Markdown
+    from IPython.display import display as show
+
+    md = Markdown(text)
+    try:
+        from myst_nb import glue
+    except ImportError:  # pragma: no cover - myst-nb comes with jupyter-book
+        glue = None
+    if glue is not None and _in_kernel():
+        glue(glue_name(chapter), md, display=False)
+    if display and _in_kernel():
+        show(md)
+    return md
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return False
+    return get_ipython() is not None
