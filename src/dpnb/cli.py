@@ -141,7 +141,8 @@ def privacy_main(a: argparse.Namespace) -> int:
     for acc in accountants:
         name = acc.upper()
         if acc in unavailable:
-            print(f"  {'epsilon (' + name + ')':<19s}= not computed: {unavailable[acc]}")
+            what = "noise multiplier" if target is not None else "epsilon (" + name + ")"
+            print(f"  {what:<19s}= not computed ({name}): {unavailable[acc]}")
         elif target is not None:
             print(f"  noise multiplier   = {sigmas[acc]:.5g}  ({name}, epsilon = {eps[acc]:.5g})")
         else:

@@ -29,11 +29,16 @@ sns.set_theme(context="notebook", style="whitegrid")
 def caption(text: str) -> Any:
     """A figure's caption, shown under it: what it shows, and at which ε and δ (Markdown).
 
+    Figures still open are shown first, so that the caption follows its own figure even when a
+    cell draws several (matplotlib's inline backend would otherwise show them all at the cell's end).
+
         >>> caption("ε against steps (δ = 1e-05)").data
         '*Figure.* ε against steps (δ = 1e-05)'
     """
     from IPython.display import Markdown
 
+    if plt.get_fignums() and "inline" in plt.get_backend():  # in a notebook; elsewhere show() would warn
+        plt.show()
     return Markdown(f"*Figure.* {text}")
 
 
