@@ -185,6 +185,12 @@ def test_shards_event_is_the_wbk_bound_and_labelled_apart() -> None:
     assert privacy.label(privacy.SampledGaussianEvent(1.0, 0.1, 1), "prv") == "prv (Poisson sampling, add/remove)"
 
 
+def test_prv_epsilon_is_never_negative() -> None:
+    # σ = 7e4 on one unsampled step (grid widened to eps_error 7.1e-6): Opacus's bound is -9.4e-08 unclamped
+    assert privacy.prv_epsilon(noise_multiplier=7e4, sample_rate=1.0, steps=1, delta=1e-5,
+                               eps_error=5e-8) >= 0.0
+
+
 def test_prv_grid_is_predicted_and_bounded() -> None:
     from opacus.accountants import PRVAccountant
     from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size

@@ -101,8 +101,8 @@ def prv_epsilon_and_error(*, noise_multiplier: float, sample_rate: float, steps:
     eps_error = check_number("eps_error", eps_error, low=0, low_open=True)
     err = _eps_error_that_fits(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
                                eps_error=eps_error, max_points=max_points)
-    return opacus_epsilon("prv", noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
-                          eps_error=err), err
+    eps = opacus_epsilon("prv", noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, eps_error=err)
+    return max(eps, 0.0), err  # the numerical bound can dip below 0 for a negligible loss; ε is never negative
 
 
 def opacus_epsilon(accountant: str, *, noise_multiplier: float, sample_rate: float, steps: int,
