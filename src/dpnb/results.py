@@ -26,7 +26,7 @@ import pandas as pd
 from dpnb.store import save_csv
 
 COLUMNS = ["chapter", "experiment", "dataset", "model", "dp", "epsilon", "delta", "accountant",
-           "metric", "value", "seconds", "profile"]
+           "metric", "value", "seconds", "profile", "seeds", "std"]
 
 
 def results_dir() -> Path:
@@ -44,15 +44,19 @@ class Results:
 
     def add(self, *, experiment: str, dataset: str, model: str, dp: bool, epsilon: float | None,
             delta: float | None, accountant: str, metric: str, value: float,
-            seconds: float) -> None:
+            seconds: float, seeds: int = 1, std: float | None = None) -> None:
         """Record one number. An ε always comes with its δ and accountant; rows that report no
-        ε (non-private runs, cost measurements) pass ``epsilon=None, delta=None, accountant=""``."""
+        ε (non-private runs, cost measurements) pass ``epsilon=None, delta=None, accountant=""``.
+
+        A number that is a mean over several seeds gives their count (``seeds``) and standard
+        deviation (``std``); a single run keeps ``seeds=1`` and an empty ``std``."""
         if epsilon is not None and (delta is None or not accountant):
             raise ValueError("an epsilon needs its delta and accountant")
         self.rows.append(dict(chapter=self.chapter, experiment=experiment, dataset=dataset,
                               model=model, dp=dp, epsilon=epsilon, delta=delta,
                               accountant=accountant, metric=metric, value=value,
-                              seconds=seconds, profile=self.profile))
+                              seconds=seconds, profile=self.profile, seeds=seeds,
+                              std=None if seeds == 1 else std))
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=COLUMNS)
