@@ -284,3 +284,52 @@ def sanitiser_gradients(df: pd.DataFrame, *, max_grad_norm: float, title: str) -
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def membership_roc(curves: pd.DataFrame, *, bounds: pd.DataFrame, delta: float) -> Figure:
+    """ROC curves of membership attacks on log-log axes, one panel per training setting, with the
+    largest TPR that (ε, δ)-DP allows at each FPR (dashed) where the setting is private.
+
+    ``curves``: columns ``setting``, ``attack``, ``target``, ``fpr``, ``tpr``; ``bounds``: ``setting``,
+    ``fpr``, ``tpr`` (the bound, :func:`dpnb.audit.dp_tpr_bound`).
+    """
+    settings = list(dict.fromkeys(curves["setting"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], settings):
+        part = curves[(curves["setting"] == name) & (curves["fpr"] > 0)]
+        sns.lineplot(data=part, x="fpr", y="tpr", hue="attack", units="target", estimator=None, lw=1, ax=ax)
+        b = bounds[bounds["setting"] == name]
+        if len(b):
+            ax.plot(b["fpr"], b["tpr"], "k--", lw=1, label="(ε, δ)-DP bound")
+        ax.plot([1e-4, 1], [1e-4, 1], color="grey", lw=0.8, ls=":", label="guessing")
+        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1.05), title=name,
+               xlabel="false-positive rate (log scale)", ylabel="true-positive rate (log scale)")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Membership inference on MNIST linear models (δ = {delta:g})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def audit_bounds(df: pd.DataFrame, *, delta: float, accountant: str, canaries: int,
+                 ceiling: float | None = None) -> Figure:
+    """The one-run audit's lower bound on ε against the ε the run claims, per canary type and bug.
+
+    ``df``: one row per run with ``epsilon`` (claimed), ``epsilon_lower_bound``, ``canary`` and ``run``
+    (correct, or the bug switched on); points are the mean over seeds, bars their standard deviation.
+    ``ceiling``: the bound a perfect guesser would reach with these canaries (drawn dotted).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    top = max(float(df["epsilon"].max()), float(df["epsilon_lower_bound"].max())) * 1.1
+    for ax, (kind, part) in zip(axes, df.groupby("canary", sort=False)):
+        levels = part["run"].nunique()  # seaborn cannot dodge a single hue level
+        sns.pointplot(data=part, x="epsilon", y="epsilon_lower_bound", hue="run", native_scale=True,
+                      errorbar="sd", dodge=0.15 if levels > 1 else False, markers=["o", "s", "^", "D"][:levels],
+                      linestyles=["-", "--", ":", "-."][:levels], ax=ax)
+        ax.plot([0, top], [0, top], color="grey", lw=0.8, label="lower bound = claimed ε")
+        if ceiling is not None:
+            ax.axhline(ceiling, color="black", lw=0.8, ls=":", label=f"perfect guesses ({ceiling:.2f})")
+        ax.set(xlim=(0, top), ylim=(0, top), xlabel=f"claimed ε (δ = {delta:g}, {accountant})",
+               ylabel="audited lower bound on ε (95%)", title=f"{kind} canaries (m = {canaries})")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
