@@ -66,23 +66,11 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from dpnb import dpsgd, plots, privacy, prose
-from dpnb.params import check_choice, check_each, check_int, check_number
+from dpnb import chapters, dpsgd, plots, privacy, prose
 from dpnb.privacy import compare
 from dpnb.results import Results
 
-dataset_size = check_int("dataset_size", dataset_size, low=1)
-batch_size = check_int("batch_size", batch_size, low=1, high=dataset_size)
-noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
-epochs = check_number("epochs", epochs, low=0, low_open=True)
-delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
-target_epsilon = check_number("target_epsilon", target_epsilon, low=0, low_open=True)
-max_epochs = check_number("max_epochs", max_epochs, low=0, low_open=True)
-curve_points = check_int("curve_points", curve_points, low=2, high=1000)
-crosscheck_sigmas = check_each("crosscheck_sigmas", crosscheck_sigmas, check_number, low=0.1, high=100)
-crosscheck_rates = check_each("crosscheck_rates", crosscheck_rates, check_number, low=0, high=1, low_open=True)
-crosscheck_steps = check_each("crosscheck_steps", crosscheck_steps, check_int, low=1, high=1_000_000)
-profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
+globals().update(chapters.parameters("budget", globals()))  # every parameter, checked
 results = Results(chapter="budget", profile=profile)
 sample_rate, steps = privacy.sample_rate_and_steps(
     dataset_size=dataset_size, batch_size=batch_size, epochs=epochs

@@ -78,39 +78,13 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import cost, dpsgd, models, plots, privacy, prose
-from dpnb.params import check_choice, check_each, check_int, check_number
+from dpnb import chapters, cost, dpsgd, models, plots, privacy, prose
 from dpnb.results import Results
-from dpnb.train import TrainConfig, opacus_steps_per_epoch, select_device, train
+from dpnb.train import TrainConfig, opacus_steps_per_epoch, train
 from dpnb.transfer import FLOWERS_SPLIT_SIZES, accuracies, flowers_features, frozen_features, resolve_features
 
-split = check_choice("split", split, ["official", "large"])
-limit = None if limit is None else check_int("limit", limit, low=102)
+globals().update(chapters.parameters("flowers", globals()))  # every parameter, checked
 n_train, n_test = (min(n, limit or n) for n in FLOWERS_SPLIT_SIZES[split])
-epochs = check_int("epochs", epochs, low=1)
-batch_size = check_int("batch_size", batch_size, low=1, high=n_train)
-learning_rate = check_number("learning_rate", learning_rate, low=0, low_open=True)
-momentum = check_number("momentum", momentum, low=0, high=1, high_open=True)
-dp = check_choice("dp", dp, [True, False])
-if noise_multiplier is not None:
-    noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
-    target_epsilon = None
-else:
-    target_epsilon = check_number("target_epsilon", target_epsilon, low=0, low_open=True)
-max_grad_norm = check_number("max_grad_norm", max_grad_norm, low=0, low_open=True)
-delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
-image_size = check_int("image_size", image_size, low=32, high=128)
-seed = check_int("seed", seed, low=0)
-baseline_epochs = check_int("baseline_epochs", baseline_epochs, low=1)
-baseline_learning_rate = check_number("baseline_learning_rate", baseline_learning_rate, low=0, low_open=True)
-deep_learning_rate = check_number("deep_learning_rate", deep_learning_rate, low=0, low_open=True)
-stats_epsilons = check_each("stats_epsilons", stats_epsilons, check_number, low=0, low_open=True)
-stats_batch_sizes = check_each("stats_batch_sizes", stats_batch_sizes, check_int, low=1, high=n_train)
-cost_batch_sizes = check_each("cost_batch_sizes", cost_batch_sizes, check_int, low=1, high=n_train)
-cost_methods = check_each("cost_methods", cost_methods, check_choice, cost.METHODS)
-cost_steps = check_int("cost_steps", cost_steps, low=1)
-profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
-device = select_device(device).type  # device cuda without CUDA stops here
 extractor, extractor_why = resolve_features(features, backbone_weights=backbone_weights)
 main_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=learning_rate, momentum=momentum, dp=dp,
                           noise_multiplier=noise_multiplier, target_epsilon=target_epsilon if dp else None,

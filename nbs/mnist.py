@@ -69,34 +69,14 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import cost, data, dpsgd, models, plots, prose
-from dpnb.params import check_choice, check_each, check_int, check_number
+from dpnb import chapters, cost, data, dpsgd, models, plots, prose
 from dpnb.progress import progress
 from dpnb.published import published
 from dpnb.results import Results
-from dpnb.train import TrainConfig, select_device, train
+from dpnb.train import TrainConfig, train
 
-train_limit = None if train_limit is None else check_int("train_limit", train_limit, low=100, high=60_000)
+globals().update(chapters.parameters("mnist", globals()))  # every parameter, checked
 n_train = train_limit or 60_000
-epochs = check_int("epochs", epochs, low=1)
-batch_size = check_int("batch_size", batch_size, low=1, high=n_train)
-learning_rate = check_number("learning_rate", learning_rate, low=0, low_open=True)
-momentum = check_number("momentum", momentum, low=0, high=1, high_open=True)
-max_grad_norm = check_number("max_grad_norm", max_grad_norm, low=0, low_open=True)
-delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
-target_epsilons = check_each("target_epsilons", target_epsilons, check_number, low=0, low_open=True)
-accountant = check_choice("accountant", accountant, ["prv", "rdp"])
-grad_sample_mode = check_choice("grad_sample_mode", grad_sample_mode, ["hooks", "functorch", "ghost"])
-baseline_epochs = check_int("baseline_epochs", baseline_epochs, low=1)
-baseline_batch_size = check_int("baseline_batch_size", baseline_batch_size, low=1, high=n_train)
-sweep_limit = check_int("sweep_limit", sweep_limit, low=100, high=n_train)
-sweep_max_grad_norms = check_each("sweep_max_grad_norms", sweep_max_grad_norms, check_number, low=0, low_open=True)
-cost_methods = check_each("cost_methods", cost_methods, check_choice, cost.METHODS)
-sweep_batch_sizes = check_each("sweep_batch_sizes", sweep_batch_sizes, check_int, low=1, high=sweep_limit)
-cost_batch_sizes = check_each("cost_batch_sizes", cost_batch_sizes, check_int, low=1, high=n_train)
-cost_examples = None if cost_examples is None else check_int("cost_examples", cost_examples, low=1)
-device = select_device(device).type
-profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
 torch.manual_seed(seed)
 results = Results(chapter="mnist", profile=profile)
 print(f"device: {device}; torch threads: {torch.get_num_threads()}")

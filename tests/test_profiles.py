@@ -42,3 +42,36 @@ def test_a_bad_override_is_caught_by_the_validation() -> None:
     namespace["num_discriminators"] = 1
     with pytest.raises(ValueError, match="num_discriminators"):
         exec(validation, namespace)
+
+
+@pytest.mark.parametrize("chapter", book.chapters(ROOT), ids=lambda c: c.name)
+def test_every_parameter_of_a_chapter_has_a_rule_and_every_rule_a_parameter(chapter: book.Chapter) -> None:
+    from dpnb import chapters
+
+    parameters, _ = _cells(chapter)
+    namespace: dict[str, Any] = {}
+    exec(parameters, namespace)
+    names = {k for k in namespace if not k.startswith("__")}
+    assert names == set(chapters.rules(chapter.name)), chapter.name
+    checked = chapters.parameters(chapter.name, namespace)  # the book profile passes its own checks
+    assert set(checked) == names
+
+
+def test_chapter_rules_take_choices_and_sizes_from_the_modules() -> None:
+    from dpnb import chapters, cost
+    from dpnb.params import ParameterError
+
+    namespace: dict[str, Any] = {}
+    exec(_cells(next(c for c in book.chapters(ROOT) if c.name == "mnist"))[0], namespace)
+    with pytest.raises(ParameterError, match="cost_methods must be one of " + repr(cost.METHODS[0])):
+        chapters.parameters("mnist", dict(namespace, cost_methods=["bk"]))
+    with pytest.raises(ParameterError, match=r"batch_size must be an integer in \[1, 2000\]"):
+        chapters.parameters("mnist", dict(namespace, train_limit=2000, batch_size=4096))
+    with pytest.raises(ParameterError, match='-y "target_epsilons: '):
+        chapters.parameters("mnist", dict(namespace, target_epsilons="[-1]"))
+    exec(_cells(next(c for c in book.chapters(ROOT) if c.name == "gswgan"))[0], namespace := {})
+    checked = chapters.parameters("gswgan", dict(namespace, noise_multiplier=1.07))
+    assert checked["target_epsilon"] is None  # a given sigma overrides the target
+    with pytest.raises(ParameterError, match="loss must be one of"):
+        exec(_cells(next(c for c in book.chapters(ROOT) if c.name == "dpgan"))[0], namespace := {})
+        chapters.parameters("dpgan", dict(namespace, loss="lsgan"))

@@ -484,46 +484,44 @@ class Settings:
     @classmethod
     def from_parameters(cls, namespace: dict[str, Any]) -> "Settings":
         """The settings named in a notebook's namespace (its ``parameters`` cell), validated."""
-        from dataclasses import fields
+        from dpnb.params import validate
 
-        missing = [f.name for f in fields(cls) if f.name not in namespace]
-        if missing:
-            raise ParameterError(f"parameters missing: {', '.join(missing)}")
-        return cls(**{f.name: namespace[f.name] for f in fields(cls)}).validated()
+        checked = validate(RULES, namespace)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in checked.items()})
 
     def validated(self) -> "Settings":
-        """A copy with every value checked (one-line :class:`ParameterError` naming the parameter)."""
-        from dataclasses import replace
+        """A copy with every value checked by :data:`RULES` (one-line :class:`ParameterError` naming it)."""
+        from dataclasses import asdict
 
-        from dpnb.params import check_each
+        from dpnb.params import validate
 
-        pool = check_int("pool_size", self.pool_size, low=20, high=60_000)
-        train = check_int("audit_train_size", self.audit_train_size, low=100, high=60_000)
-        refs = check_int("reference_models", self.reference_models, low=2, high=256)
-        if refs % 2:
-            raise ParameterError(f"reference_models must be an even number in [2, 256], got {refs}")
-        m = check_int("canaries", self.canaries, low=10, high=len(frame_pixels(1)) * 10)
-        return replace(
-            self, pool_size=pool, mia_epochs=check_int("mia_epochs", self.mia_epochs, low=1, high=10_000),
-            mia_batch_size=check_int("mia_batch_size", self.mia_batch_size, low=1, high=pool // 2),
-            mia_lr=check_number("mia_lr", self.mia_lr, low=0, low_open=True),
-            reference_models=refs, targets=check_int("targets", self.targets, low=1, high=refs + 2),
-            mia_epsilons=tuple(check_each("mia_epsilons", self.mia_epsilons, check_number, low=0, low_open=True)),
-            audit_train_size=train, audit_epochs=check_int("audit_epochs", self.audit_epochs, low=1, high=10_000),
-            audit_batch_size=check_int("audit_batch_size", self.audit_batch_size, low=1, high=train),
-            audit_lr=check_number("audit_lr", self.audit_lr, low=0, low_open=True), canaries=m,
-            audit_epsilons=tuple(check_each("audit_epsilons", self.audit_epsilons, check_number, low=0,
-                                            low_open=True)),
-            bugs=tuple(check_each("bugs", self.bugs, check_choice, BUGS[1:])) if self.bugs else (),
-            canary_pixels=check_int("canary_pixels", self.canary_pixels, low=1, high=len(frame_pixels(2))),
-            dirac_norm=check_number("dirac_norm", self.dirac_norm, low=0, low_open=True),
-            seeds=tuple(check_each("seeds", self.seeds, check_int, low=0)),
-            max_grad_norm=check_number("max_grad_norm", self.max_grad_norm, low=0, low_open=True),
-            delta=check_number("delta", self.delta, low=0, high=1, low_open=True, high_open=True),
-            accountant=check_choice("accountant", self.accountant, privacy.ACCOUNTANTS),
-            confidence=check_number("confidence", self.confidence, low=0, high=1, low_open=True, high_open=True),
-            seed=check_int("seed", self.seed, low=0),
-            profile=check_choice("profile", self.profile, ["smoke", "book", "gpu"]))
+        checked = validate(RULES, asdict(self))
+        return Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in checked.items()})
+
+
+def _even(name: str, value: Any, done: dict[str, Any]) -> int:
+    v = check_int(name, value, low=2, high=256)
+    if v % 2:
+        raise ParameterError(f"{name} must be an even number in [2, 256], got {v}")
+    return v
+
+
+def _rules() -> dict[str, Any]:
+    from dpnb.params import Choice, Each, Int, Number, Positive
+
+    return dict(
+        pool_size=Int(20, 60_000), mia_epochs=Int(1, 10_000), mia_batch_size=Int(1, high=lambda p: p["pool_size"] // 2),
+        mia_lr=Positive(), reference_models=_even, targets=Int(1, high=lambda p: p["reference_models"] + 2),
+        mia_epsilons=Each(Positive()), audit_train_size=Int(100, 60_000), audit_epochs=Int(1, 10_000),
+        audit_batch_size=Int(1, high=lambda p: p["audit_train_size"]), audit_lr=Positive(),
+        canaries=Int(10, len(frame_pixels(1)) * 10), audit_epsilons=Each(Positive()),
+        bugs=Each(Choice(BUGS[1:]), empty=True), canary_pixels=Int(1, len(frame_pixels(2))), dirac_norm=Positive(),
+        seeds=Each(Int(0)), max_grad_norm=Positive(), delta=Number(0, 1, open="both"),
+        accountant=Choice(privacy.ACCOUNTANTS), confidence=Number(0, 1, open="both"), seed=Int(0),
+        profile=Choice(("smoke", "book", "gpu")))
+
+
+RULES = _rules()  # the checks of every :class:`Settings` field, in order (also the chapter's, :mod:`dpnb.chapters`)
 
 
 def _predict(model: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,8 @@ SPLITS = {
     "cifar10": ("train", "test"),
     "flowers102": ("train", "val", "test", "large-train", "large-test"),
 }
+TRAIN_SIZES = {"mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}  # public metadata of each dataset
+TEST_SIZES = {"mnist": 10_000, "fashion-mnist": 10_000, "cifar10": 10_000}
 NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "flowers102": 102}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")

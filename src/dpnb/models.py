@@ -99,6 +99,25 @@ def out_of_place_residuals(model: nn.Module) -> nn.Module:
     return model
 
 
+def cifar_architectures(width: int) -> dict[str, dict[str, object]]:
+    """The CIFAR-10 chapter's architecture variants: ``cifar_cnn`` keyword arguments, each changing one
+    thing from the first (widths relative to ``width``).
+
+        >>> cifar_architectures(16)["wide (2x width, 1 stage)"]
+        {'width': 32, 'activation': 'tanh', 'depth': 1}
+    """
+    variants: dict[str, dict[str, object]] = {
+        "tanh + GroupNorm": dict(activation="tanh"),
+        "ReLU + GroupNorm": dict(activation="relu"),
+        "SELU without norm": dict(activation="selu", norm=False),
+        "tanh without norm": dict(activation="tanh", norm=False),
+        "tanh + pool then GroupNorm": dict(activation="tanh", pool_then_norm=True),
+        "wide (2x width, 1 stage)": dict(activation="tanh", width=2 * width, depth=1),
+        "deep (1/2 width, 3 stages)": dict(activation="tanh", width=width // 2, depth=3),
+    }
+    return {k: {"width": width} | v for k, v in variants.items()}
+
+
 def cifar_cnn(*, activation: str = "tanh", norm: bool = True, pool_then_norm: bool = False, width: int = 32,
               depth: int = 2, groups: int = 8, num_classes: int = 10) -> nn.Sequential:
     """A small CIFAR-10 CNN with the SmoothNets knobs (Remerscheid et al. 2022): ``depth`` stages of

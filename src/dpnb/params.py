@@ -121,3 +121,133 @@ def check_budget(*, dp: Any, noise_multiplier: Any, target_epsilon: Any) -> None
         check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
     else:
         check_number("target_epsilon", target_epsilon, low=0, low_open=True)
+
+
+# --- declared parameters: one rule per parameter, checked in order --------------------------------------
+
+Bound = Any  # a number, None, or a function of the values checked so far (e.g. ``lambda p: p["n_train"]``)
+
+
+def _bound(b: Bound, done: dict[str, Any]) -> Any:
+    return b(done) if callable(b) else b
+
+
+class Rule:
+    """One parameter's check: ``rule(name, value, done)`` returns the checked value or raises
+    :class:`ParameterError`; ``done`` holds the parameters checked before it, for bounds that
+    depend on them."""
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Int(Rule):
+    """A whole number in ``[low, high]``."""
+
+    def __init__(self, low: Bound = None, high: Bound = None) -> None:
+        self.low, self.high = low, high
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> int:
+        return check_int(name, value, low=_bound(self.low, done), high=_bound(self.high, done))
+
+
+class Number(Rule):
+    """A finite number between ``low`` and ``high``; ``open="low"``, ``"high"`` or ``"both"`` excludes ends.
+
+        >>> validate({"delta": Number(0, 1, open="both")}, {"delta": 1e-5})
+        {'delta': 1e-05}
+    """
+
+    def __init__(self, low: Bound = None, high: Bound = None, *, open: str = "") -> None:
+        self.low, self.high, self.open = low, high, open
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> float:
+        return check_number(name, value, low=_bound(self.low, done), high=_bound(self.high, done),
+                            low_open=self.open in ("low", "both"), high_open=self.open in ("high", "both"))
+
+
+class Positive(Number):
+    """A finite number > 0."""
+
+    def __init__(self) -> None:
+        super().__init__(0, None, open="low")
+
+
+class Choice(Rule):
+    """One of ``options`` (a sequence, or a function of the values checked so far)."""
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> Any:
+        return check_choice(name, value, _bound(self.options, done))
+
+
+class Flag(Choice):
+    """``True`` or ``False``."""
+
+    def __init__(self) -> None:
+        super().__init__((True, False))
+
+
+class Each(Rule):
+    """A non-empty list whose every item passes ``rule`` (a list given as text gets the ``-y`` hint)."""
+
+    def __init__(self, rule: Rule, *, empty: bool = False) -> None:
+        self.rule, self.empty = rule, empty
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> list[Any]:
+        if self.empty and isinstance(value, (list, tuple)) and not value:
+            return []
+        return check_each(name, value, lambda n, v: self.rule(n, v, done))
+
+
+class Maybe(Rule):
+    """``None``, or a value that passes ``rule``."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> Any:
+        return None if value is None else self.rule(name, value, done)
+
+
+class Unless(Rule):
+    """``None`` when the parameter ``other`` (checked before) is set, else ``rule``: e.g. a target ε that a
+    given noise multiplier overrides."""
+
+    def __init__(self, other: str, rule: Rule) -> None:
+        self.other, self.rule = other, rule
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> Any:
+        return None if done.get(self.other) is not None else self.rule(name, value, done)
+
+
+class Device(Rule):
+    """``auto``, ``cpu`` or ``cuda``, resolved to the device that will run (``cuda`` without CUDA stops)."""
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> str:
+        from dpnb.devices import select_device
+
+        return select_device(value).type
+
+
+def validate(rules: dict[str, Rule], values: dict[str, Any]) -> dict[str, Any]:
+    """Check every parameter named in ``rules``, in order, and return the checked values.
+
+    A parameter missing from ``values`` is an error too, so that a chapter cannot forget one.
+
+        >>> validate({"n": Int(1), "k": Int(1, high=lambda p: p["n"])}, {"n": 10, "k": 3.0})
+        {'n': 10, 'k': 3}
+        >>> validate({"n": Int(1), "k": Int(1, high=lambda p: p["n"])}, {"n": 10, "k": 30})
+        Traceback (most recent call last):
+        ...
+        dpnb.params.ParameterError: k must be an integer in [1, 10], got 30
+    """
+    missing = [k for k in rules if k not in values]
+    if missing:
+        raise ParameterError(f"parameters missing: {', '.join(missing)}")
+    done: dict[str, Any] = {}
+    for name, rule in rules.items():
+        done[name] = rule(name, values[name], done)
+    return done

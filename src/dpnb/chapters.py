@@ -1,0 +1,143 @@
+"""The parameters of every chapter, declared once: a rule per parameter (:mod:`dpnb.params`).
+
+A chapter's ``parameters`` cell holds its book-profile values; its first code cell runs
+``globals().update(chapters.parameters("mnist", globals()))``, which checks every parameter
+(a bad ``papermill -p`` value stops there with a one-line message naming it and its range) and
+hands back the checked values (numbers as numbers, ``device`` resolved). Choice lists and
+dataset sizes come from the modules that use them, so a new loss or gradient mode is accepted
+where it is implemented. ``tests/test_profiles.py`` checks that every parameter of every chapter
+has a rule and every rule a parameter.
+
+Example::
+
+    >>> from dpnb import chapters
+    >>> book = dict(dataset_size=60_000, batch_size=256, noise_multiplier=1.1, epochs="60", delta=1e-5,
+    ...             target_epsilon=3.0, max_epochs=100, curve_points=25, crosscheck_sigmas=[1.1],
+    ...             crosscheck_rates=[0.01], crosscheck_steps=[100], profile="book")
+    >>> chapters.parameters("budget", book)["epochs"]
+    60.0
+    >>> chapters.parameters("budget", dict(book, batch_size=70_000))
+    Traceback (most recent call last):
+    ...
+    dpnb.params.ParameterError: batch_size must be an integer in [1, 60000], got 70000
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dpnb import cost, gan, metrics, privacy, train
+from dpnb.data import TEST_SIZES, TRAIN_SIZES
+from dpnb.params import Choice, Device, Each, Flag, Int, Maybe, Number, ParameterError, Positive, Rule, Unless, validate
+
+__all__ = ["PROFILES", "RULES", "rules", "parameters"]
+
+PROFILES = ("smoke", "book", "gpu")  # the profiles of book/profiles.yml; "book" is the parameters cell
+PROBABILITY = Number(0, 1, open="both")  # delta
+MNIST, CIFAR = TRAIN_SIZES["mnist"], TRAIN_SIZES["cifar10"]
+
+
+def _evaluation() -> dict[str, Rule]:
+    """The generative chapters' evaluation settings (:mod:`dpnb.metrics`)."""
+    return dict(samples=Int(100, 100_000), fid_features=Choice(metrics.FID_FEATURES), judge_epochs=Int(1),
+                downstream_models=Each(Choice(metrics.DOWNSTREAM_MODELS)), downstream_cnn_epochs=Int(1))
+
+
+def _cifar_architectures(p: dict[str, Any]) -> list[str]:
+    from dpnb.models import cifar_architectures
+
+    return list(cifar_architectures(p["cnn_width"]))
+
+
+def _flowers_sizes(p: dict[str, Any]) -> tuple[int, int]:
+    from dpnb.transfer import FLOWERS_SPLIT_SIZES
+
+    return tuple(min(n, p["limit"] or n) for n in FLOWERS_SPLIT_SIZES[p["split"]])  # type: ignore[return-value]
+
+
+def _flowers_features() -> tuple[str, ...]:
+    from dpnb.transfer import FEATURES
+
+    return FEATURES
+
+
+RULES: dict[str, dict[str, Rule]] = {
+    "budget": dict(
+        dataset_size=Int(1), batch_size=Int(1, high=lambda p: p["dataset_size"]), noise_multiplier=Positive(),
+        epochs=Positive(), delta=PROBABILITY, target_epsilon=Positive(), max_epochs=Positive(),
+        curve_points=Int(2, 1000), crosscheck_sigmas=Each(Number(0.1, 100)),
+        crosscheck_rates=Each(Number(0, 1, open="low")), crosscheck_steps=Each(Int(1, 1_000_000)),
+        profile=Choice(PROFILES)),
+    "mnist": dict(
+        train_limit=Maybe(Int(100, MNIST)), epochs=Int(1),
+        batch_size=Int(1, high=lambda p: p["train_limit"] or MNIST), learning_rate=Positive(),
+        momentum=Number(0, 1, open="high"), max_grad_norm=Positive(), delta=PROBABILITY,
+        target_epsilons=Each(Positive()), accountant=Choice(privacy.ACCOUNTANTS),
+        grad_sample_mode=Choice(train.GRAD_SAMPLE_MODES), baseline_epochs=Int(1),
+        baseline_batch_size=Int(1, high=lambda p: p["train_limit"] or MNIST), baseline_learning_rate=Positive(),
+        sweep_epsilon=Positive(), sweep_epochs=Int(1), sweep_limit=Int(100, high=lambda p: p["train_limit"] or MNIST),
+        sweep_max_grad_norms=Each(Positive()), sweep_batch_sizes=Each(Int(1, high=lambda p: p["sweep_limit"])),
+        cost_batch_sizes=Each(Int(1, high=lambda p: p["train_limit"] or MNIST)),
+        cost_methods=Each(Choice(cost.METHODS)), cost_examples=Maybe(Int(1)), device=Device(), seed=Int(0),
+        profile=Choice(PROFILES)),
+    "cifar10": dict(
+        epsilon=Positive(), delta=PROBABILITY, seed=Int(0), device=Device(), cnn_limit=Maybe(Int(100, CIFAR)),
+        test_limit=Maybe(Int(100, TEST_SIZES["cifar10"])), cnn_width=Int(8, 256), cnn_epochs=Int(1),
+        cnn_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), cnn_learning_rate=Positive(),
+        cnn_max_grad_norm=Positive(), baseline_learning_rate=Positive(),
+        architectures=Each(Choice(_cifar_architectures)), scatter_limit=Maybe(Int(100, CIFAR)),
+        scatter_epochs=Int(1), scatter_batch_size=Int(1, high=lambda p: p["scatter_limit"] or CIFAR),
+        scatter_learning_rate=Positive(), scatter_max_grad_norm=Positive(),
+        scatter_linear_groups=Choice([1, 3, 9, 27, 81, 243]), scatter_flips=Flag(), scatter_cnn_epochs=Int(1),
+        scatter_cnn_batch_size=Int(1, high=lambda p: p["scatter_limit"] or CIFAR),
+        scatter_cnn_learning_rate=Positive(), scale_model=Choice(["cnn", "wrn-16-4"]), scale_epochs=Int(1),
+        scale_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), scale_learning_rate=Positive(),
+        scale_multiplicities=Each(Int(0, 64)), scale_epsilons=Each(Positive()), ema_decay=Number(0, 1, open="high"),
+        backbone_weights=Choice(["imagenet", "none"]), backbone_limit=Int(100, CIFAR), backbone_epochs=Int(1),
+        profile=Choice(PROFILES)),
+    "flowers": dict(
+        split=Choice(["official", "large"]), limit=Maybe(Int(102)), epochs=Int(1),
+        batch_size=Int(1, high=lambda p: _flowers_sizes(p)[0]), learning_rate=Positive(),
+        momentum=Number(0, 1, open="high"), dp=Flag(), noise_multiplier=Maybe(Positive()),
+        target_epsilon=Unless("noise_multiplier", Positive()), max_grad_norm=Positive(), delta=PROBABILITY,
+        features=Choice(_flowers_features()), backbone_weights=Choice(["imagenet", "none"]), image_size=Int(32, 128),
+        seed=Int(0), baseline_epochs=Int(1), baseline_learning_rate=Positive(), deep_learning_rate=Positive(),
+        stats_epsilons=Each(Positive()), stats_batch_sizes=Each(Int(1, high=lambda p: _flowers_sizes(p)[0])),
+        cost_batch_sizes=Each(Int(1, high=lambda p: _flowers_sizes(p)[0])), cost_methods=Each(Choice(cost.METHODS)),
+        cost_steps=Int(1), device=Device(), profile=Choice(PROFILES)),
+    "dpgan": dict(
+        limit=Maybe(Int(200, MNIST)), loss=Choice(gan.LOSSES), steps=Int(1),
+        batch_size=Int(1, high=lambda p: p["limit"] or MNIST), epsilons=Each(Positive()),
+        variants=Each(Choice(gan.LOSSES)), variant_epsilon=Positive(), variant_steps=Int(1),
+        nonprivate_steps=Int(1), max_grad_norm=Positive(), delta=PROBABILITY, lr_d=Positive(), lr_g=Positive(),
+        width=Int(4, 256), z_dim=Int(1, 1024), **_evaluation(), seed=Int(0), device=Device(),
+        profile=Choice(PROFILES)),
+    "gswgan": dict(
+        limit=Maybe(Int(200, MNIST)), num_discriminators=Int(2, high=lambda p: (p["limit"] or MNIST) // 2),
+        pretrain_steps=Int(0), pretrain_lr=Positive(), iterations=Int(1), critic_iters=Int(1),
+        batch_size=Int(1, high=lambda p: (p["limit"] or MNIST) // p["num_discriminators"]),
+        noise_multiplier=Maybe(Positive()), target_epsilon=Unless("noise_multiplier", Positive()),
+        max_grad_norm=Positive(), delta=PROBABILITY, lr=Positive(), width=Int(4, 256), z_dim=Int(1, 1024),
+        nonprivate=Flag(), **_evaluation(), seed=Int(0), device=Device(), profile=Choice(PROFILES)),
+}
+
+
+def _audit_rules() -> dict[str, Rule]:
+    from dpnb import audit
+
+    return audit.RULES
+
+
+def rules(chapter: str) -> dict[str, Rule]:
+    """The rules of ``chapter``'s parameters, in the order they are checked."""
+    if chapter == "audit":
+        return _audit_rules()
+    if chapter not in RULES:
+        raise ParameterError(f"chapter must be one of {', '.join(map(repr, [*RULES, 'audit']))}; got {chapter!r}")
+    return RULES[chapter]
+
+
+def parameters(chapter: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """``chapter``'s parameters taken from ``namespace`` (a notebook's globals), checked; see :func:`rules`."""
+    return validate(rules(chapter), namespace)
+
