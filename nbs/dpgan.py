@@ -80,33 +80,12 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import data, dpsgd, gan, metrics, plots, prose
-from dpnb.params import check_choice, check_each, check_int, check_number
+from dpnb import chapters, data, dpsgd, gan, metrics, plots, prose
+from dpnb.published import published_generators
 from dpnb.results import Results
-from dpnb.train import select_device
 
-limit = None if limit is None else check_int("limit", limit, low=200, high=60_000)
+globals().update(chapters.parameters("dpgan", globals()))  # every parameter, checked
 n_train = limit or 60_000
-loss = check_choice("loss", loss, gan.LOSSES)
-steps = check_int("steps", steps, low=1)
-batch_size = check_int("batch_size", batch_size, low=1, high=n_train)
-epsilons = check_each("epsilons", epsilons, check_number, low=0, low_open=True)
-variants = check_each("variants", variants, check_choice, gan.LOSSES)
-variant_epsilon = check_number("variant_epsilon", variant_epsilon, low=0, low_open=True)
-variant_steps = check_int("variant_steps", variant_steps, low=1)
-nonprivate_steps = check_int("nonprivate_steps", nonprivate_steps, low=1)
-max_grad_norm = check_number("max_grad_norm", max_grad_norm, low=0, low_open=True)
-delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
-lr_d = check_number("lr_d", lr_d, low=0, low_open=True)
-lr_g = check_number("lr_g", lr_g, low=0, low_open=True)
-width = check_int("width", width, low=4, high=256)
-z_dim = check_int("z_dim", z_dim, low=1, high=1024)
-samples, fid_features, judge_epochs, downstream_models, downstream_cnn_epochs = metrics.check_evaluation(
-    samples=samples, fid_features=fid_features, judge_epochs=judge_epochs, downstream_models=downstream_models,
-    downstream_cnn_epochs=downstream_cnn_epochs)
-seed = check_int("seed", seed, low=0)
-profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
-device = select_device(device).type  # device cuda without CUDA stops here
 torch.manual_seed(seed)
 results = Results(chapter="dpgan", profile=profile)
 
@@ -228,14 +207,21 @@ plots.caption(f"Scores of each generator (ε in the labels, δ = {delta:g}, PRV,
 # %% [markdown]
 # ## 6. How this compares with the published numbers
 #
-# | Source | ε (δ = 1e-5) | FID (Inception) | IS | downstream | training |
-# |---|---|---|---|---|---|
-# | GS-WGAN {cite:p}`chen2020gswgan` (paper, Table 1 setting) | 10 | 61.3 | 9.23 | (see the GS-WGAN chapter) | 20,000 generator steps |
-# | DP-GAN revisited {cite:p}`bie2023private` | 10 | 19.4 | n/a | 93.0% (CNN) | 450,000 discriminator steps |
-#
-# The published FIDs are Inception FIDs. When the table above says "classifier FID", the two
-# are on different scales and cannot be compared; only the IS and the downstream accuracies
-# can, and only loosely, because the published runs are orders of magnitude longer.
+# The published rows come from `dpnb.published`, each with where in the paper it stands and the
+# sampling and adjacency behind its ε: an add/remove ε and a replace-one ε are not the same
+# quantity, so they sit in separate columns. The published FIDs are Inception FIDs; when this
+# chapter's scores are a "classifier FID", the two are on different scales and cannot be compared.
+# Only the IS and the downstream accuracies can, and only loosely, because the published runs
+# are far longer.
+
+# %%
+ref = published_generators()
+ref["ε (add/remove)"] = ref["epsilon"].where(ref["adjacency"] == "add/remove")
+ref["ε (replace-one)"] = ref["epsilon"].where(ref["adjacency"] == "replace-one")
+display(ref[["source", "where", "ε (add/remove)", "ε (replace-one)", "delta", "sampling", "inception_fid",
+             "inception_score", "downstream_cnn", "training"]]
+        .style.format({"ε (add/remove)": "{:g}", "ε (replace-one)": "{:g}", "delta": "{:g}", "inception_fid": "{:.1f}",
+                       "inception_score": "{:.2f}", "downstream_cnn": "{:.1%}"}, na_rep="").hide(axis="index"))
 
 # %%
 best = scores[scores["dp"]].sort_values("CNN" if "CNN" in downstream_models else "fid",
@@ -246,8 +232,9 @@ display(Markdown(
     + "".join(f"* {r['label']}: {judge.fid_name} {r['fid']:.1f}, IS {r['inception_score']:.2f}, "
               + ", ".join(f"{m} {r[m]:.1%}" for m in downstream_models)
               + f" ({r['steps']} D steps, {r['seconds']:.0f} s).\n" for _, r in scores.iterrows())
-    + f"* Best DP generator here: {best['label']}. Bie et al. report 93.0% downstream at ε = 10 after "
-    f"450,000 steps; this run has {int(best['steps'])} steps."))
+    + f"* Best DP generator here: {best['label']} ({int(best['steps'])} discriminator steps). Bie et al. give "
+    f"{ref.loc[ref['source'] == 'DP-GAN revisited', 'downstream_cnn'].item():.1%} downstream at ε = 10 "
+    "(add/remove) in their abstract."))
 
 # %% [markdown]
 # **What it shows.** The privacy cost is paid once, by D's steps; G then draws as many samples as

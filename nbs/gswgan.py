@@ -75,36 +75,12 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import data, gan, gswgan, metrics, plots, prose
-from dpnb.params import check_choice, check_int, check_number
+from dpnb import chapters, data, gan, gswgan, metrics, plots, prose
+from dpnb.published import published_generators
 from dpnb.results import Results
-from dpnb.train import select_device
 
-limit = None if limit is None else check_int("limit", limit, low=200, high=60_000)
+globals().update(chapters.parameters("gswgan", globals()))  # every parameter, checked
 n_train = limit or 60_000
-num_discriminators = check_int("num_discriminators", num_discriminators, low=2, high=n_train // 2)
-pretrain_steps = check_int("pretrain_steps", pretrain_steps, low=0)
-pretrain_lr = check_number("pretrain_lr", pretrain_lr, low=0, low_open=True)
-iterations = check_int("iterations", iterations, low=1)
-critic_iters = check_int("critic_iters", critic_iters, low=1)
-batch_size = check_int("batch_size", batch_size, low=1, high=n_train // num_discriminators)
-if noise_multiplier is not None:
-    noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
-    target_epsilon = None
-else:
-    target_epsilon = check_number("target_epsilon", target_epsilon, low=0, low_open=True)
-max_grad_norm = check_number("max_grad_norm", max_grad_norm, low=0, low_open=True)
-delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
-lr = check_number("lr", lr, low=0, low_open=True)
-width = check_int("width", width, low=4, high=256)
-z_dim = check_int("z_dim", z_dim, low=1, high=1024)
-nonprivate = check_choice("nonprivate", nonprivate, [True, False])
-samples, fid_features, judge_epochs, downstream_models, downstream_cnn_epochs = metrics.check_evaluation(
-    samples=samples, fid_features=fid_features, judge_epochs=judge_epochs, downstream_models=downstream_models,
-    downstream_cnn_epochs=downstream_cnn_epochs)
-seed = check_int("seed", seed, low=0)
-profile = check_choice("profile", profile, ["smoke", "book", "gpu"])
-device = select_device(device).type  # device cuda without CUDA stops here
 torch.manual_seed(seed)
 results = Results(chapter="gswgan", profile=profile)
 
@@ -236,11 +212,11 @@ display(probe.style.format({"pretrain_lr": "{:g}", "median_gradient_norm": "{:.2
 # entering the sanitiser, and the share of samples it clips. The run without the sanitiser
 # records the same norms without clipping them.
 #
-# Does a warm start that fills the clip bound help? Not here. We ran this chapter in the book
-# profile with `-p pretrain_lr 1e-3`. The median norm entering the sanitiser then stayed
-# between 1.26 and 1.33, so C was used fully, yet the DP generator still scored chance
-# (downstream CNN 11.9%). Without the sanitiser the generator fell to 27.3% (compare the
-# table above, at the default 1e-4). A faster warm start is not the fix at this budget.
+# Does a warm start that fills the clip bound help? Not in one trial run made while writing the
+# chapter (book profile with `-p pretrain_lr 1e-3`, not part of this build, so its numbers are
+# not quoted here): the median norm entering the sanitiser then stayed near the clip bound, so C
+# was used fully, yet the DP generator's downstream CNN accuracy stayed at chance. Repeat it with
+# `papermill nbs/gswgan.ipynb out.ipynb -p pretrain_lr 1e-3`.
 
 # %%
 history = pd.concat([res.history.assign(label=label) for label, (res, _) in runs.items()], ignore_index=True)
@@ -268,11 +244,12 @@ plots.caption(f"GS-WGAN generator scores (δ = {delta:g}; ε by the WBK bound: s
 # %% [markdown]
 # ## 4. Comparison with the paper
 #
-# GS-WGAN reports, on MNIST at ε = 10 (δ = 1e-5): Inception FID 61.34 and IS 9.23, after 20,000
-# generator iterations with K = 1000 discriminators, each pretrained for 2000 steps. This
-# chapter runs a small fraction of that on a CPU.
+# The paper's MNIST figures (`dpnb.published.published_generators`) come from 20,000 generator
+# iterations with K = 1000 discriminators, each pretrained for 2000 steps. This chapter runs a
+# small fraction of that on a CPU.
 
 # %%
+paper_scores = published_generators().set_index("source").loc["GS-WGAN"].to_dict()
 dp_row = scores.iloc[0]
 dp_history = history[history["label"] == dp_row["label"]]
 display(Markdown(
@@ -281,7 +258,9 @@ display(Markdown(
     f"composition: {dp_row['epsilon_rdp_poisson']:.2f}). {judge.fid_name}: {dp_row['fid']:.1f}, "
     f"IS {dp_row['inception_score']:.2f}, "
     + ", ".join(f"{m} {dp_row[m]:.1%}" for m in downstream_models) + ".\n"
-    "* Paper (ε = 10): Inception FID 61.34, IS 9.23. "
+    f"* Paper (ε = {paper_scores['epsilon']:g}, δ = {paper_scores['delta']:g}, {paper_scores['adjacency']}, "
+    f"{paper_scores['where']}): Inception FID {paper_scores['inception_fid']:.2f}, IS "
+    f"{paper_scores['inception_score']:.2f} (from an MNIST classifier). "
     + ("Our FID is a classifier FID, on another scale: compare the IS and the downstream accuracies."
        if judge.fid_name != "Inception FID" else "") + "\n"
     + (f"* At this budget the DP generator has not learnt digits: its downstream CNN accuracy is "
@@ -305,12 +284,12 @@ prose.headline("gswgan", f"at ε = {dp_row['epsilon_wbk']:.2f} (δ = {delta:g}, 
 # $q = 1/K$ is large, so σ must be large for ε = 10. More discriminators (the paper's 1000)
 # buy a smaller σ at the cost of a longer warm start.
 #
-# **More discriminators on a CPU?** Not within this budget. In our trials, K = 1000 with 10
-# warm-start steps each (`pretrain_lr` 1e-3) and 2000 iterations took about 15 minutes on one
-# core. σ fell to 0.58 for ε = 10, but the generator collapsed to blank images (downstream CNN
-# 5.2%). Without the sanitiser it drew one blob per class (30.9%). Each discriminator gets
-# about 4 critic steps in 2000 iterations (2 per iteration, on one of the 1000), so the
-# generator meets stale critics that one image per class can fool. The paper spends 2000
+# **More discriminators on a CPU?** Not within this budget, in one trial run made while writing
+# the chapter (not part of this build): K = 1000 with 10 warm-start steps each (`pretrain_lr`
+# 1e-3) and 2000 iterations took a quarter of an hour on one core; σ fell for ε = 10, but the
+# DP generator collapsed to blank images, and without the sanitiser it drew one blob per class.
+# Each discriminator gets about 4 critic steps in 2000 iterations (2 per iteration, on one of the
+# 1000), so the generator meets stale critics that one image per class can fool. The paper spends 2000
 # warm-start steps on each of its 1000 discriminators and runs 20,000 iterations.
 #
 # **Try.** `-p num_discriminators 1000 -p pretrain_steps 10 -p pretrain_lr 1e-3` repeats that trial. The `gpu`

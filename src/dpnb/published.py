@@ -52,6 +52,31 @@ _AUDITS = [
 AUDIT_COLUMNS = ["source", "cite", "model", "canaries", "dp", "epsilon", "delta", "accountant", "epsilon_lower_bound"]
 
 
+# DP generators on MNIST at epsilon = 10, delta = 1e-5, as published.
+# GS-WGAN (Chen et al. 2020, Table 1): K = 1000 discriminators, 20,000 generator iterations; its IS uses
+# an MNIST classifier; its epsilon: subsampling of shards without replacement, replace-one adjacency.
+# DP-GAN revisited (Bie et al. 2023): the abstract's figures (workshop and ICLR-submission versions); the
+# table and setting behind them were not checked here. DP-SGD on the discriminator: Poisson, add/remove.
+_GENERATORS = [
+    ("GS-WGAN", "chen2020gswgan", "Table 1", 10.0, 1e-5, "RDP, subsampling without replacement", "shards",
+     "replace-one", 61.34, 9.23, None, "20,000 generator iterations"),
+    ("DP-GAN revisited", "bie2023private", "abstract", 10.0, 1e-5, "not checked here", "Poisson", "add/remove",
+     13.0, None, 0.950, "not checked here"),
+]
+GENERATOR_COLUMNS = ["source", "cite", "where", "epsilon", "delta", "accountant", "sampling", "adjacency",
+                     "inception_fid", "inception_score", "downstream_cnn", "training"]
+
+
+def published_generators() -> pd.DataFrame:
+    """Published DP generators on MNIST: Inception FID, IS and downstream CNN accuracy, with their ε's
+    sampling and adjacency (an add/remove ε and a replace-one ε are not comparable).
+
+        >>> published_generators()[["source", "adjacency"]].values.tolist()
+        [['GS-WGAN', 'replace-one'], ['DP-GAN revisited', 'add/remove']]
+    """
+    return pd.DataFrame(_GENERATORS, columns=GENERATOR_COLUMNS)
+
+
 def published_audits() -> pd.DataFrame:
     """Published one-run audits: the claimed ε (empty without DP) and the audited lower bound.
 
