@@ -106,6 +106,13 @@ promise = pd.DataFrame([dict(epsilon=e, **{f"TPR ≤ at FPR {f:g}": float(audit.
                                                                                           delta=settings.delta))
                                           for f in fprs}) for e in (0.5, 1.0, 2.0, 4.0, 8.0)])
 display(promise.style.format("{:.4f}").format({"epsilon": "{:g}"}).hide(axis="index"))
+grid = np.geomspace(1e-4, 1, 200)
+tradeoff = pd.concat([pd.DataFrame(dict(epsilon=e, fpr=grid, tpr=audit.dp_tpr_bound(grid, epsilon=e,
+                                                                                  delta=settings.delta)))
+                      for e in promise["epsilon"]])
+fig = plots.dp_tradeoff(tradeoff, delta=settings.delta)
+display(plots.caption(f"The largest TPR that (ε, δ)-DP allows a membership test at each FPR (δ = "
+                      f"{settings.delta:g}), whatever the attack: the hypothesis-testing bound, no training involved."))
 loose = float(audit.dp_tpr_bound(0.01, epsilon=8.0, delta=settings.delta))
 display(Markdown(
     f"At ε = 1 (δ = {settings.delta:g}) an attacker at FPR 1% can reach a TPR of at most "
@@ -233,7 +240,7 @@ display(Markdown(
 #
 # A membership attack on one example says little about ε: its TPR and FPR are estimated from a
 # few thousand examples, and the examples are not the worst case. Auditing asks for a *bound*:
-# a number $\hat\varepsilon$ such that, with 95% confidence, the algorithm is not
+# a number $\hat\varepsilon$ such that, with confidence 0.95, the algorithm is not
 # $(\varepsilon', \delta)$-DP for any $\varepsilon' < \hat\varepsilon$. The classic way trains
 # hundreds of models with and without one planted example {cite:p}`nasr2021adversary`.
 # Steinke, Nasr & Jagielski {cite:p}`steinke2023auditing` need a single run:
@@ -247,10 +254,10 @@ display(Markdown(
 # is right with probability $e^\varepsilon/(1+e^\varepsilon)$; with $W \sim \mathrm{Bin}(r,
 # e^\varepsilon/(1+e^\varepsilon))$ the chance of $v$ or more right guesses is at most
 # $P[W \ge v] + 2m\delta \max_{1 \le i \le v} \tfrac1i P[v - i \le W < v]$ (their Appendix D).
-# The audit reports the largest ε that this p-value rejects at 5% (`dpnb.audit.epsilon_lower_bound`,
+# The audit reports the largest ε that this p-value rejects at level 0.05 (`dpnb.audit.epsilon_lower_bound`,
 # which agrees with ML Privacy Meter's `get_eps_audit` {cite:p}`privacymeter` in the tests). We try
 # about ten values of $k$ and keep the best, paying for the choice with a Bonferroni correction
-# (each test at level 5%/10), so the reported bound keeps its 95%.
+# (each test at level 0.05/10), so the reported bound keeps its confidence of 0.95.
 #
 # **Two kinds of canary.**
 # - *Gradient canaries* (white box: the auditor sees the model's weights and may insert

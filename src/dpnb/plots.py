@@ -333,3 +333,20 @@ def audit_bounds(df: pd.DataFrame, *, delta: float, accountant: str, canaries: i
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def dp_tradeoff(df: pd.DataFrame, *, delta: float) -> Figure:
+    """The largest TPR a membership test can have at each FPR under (ε, δ)-DP, one line per ε (log-log).
+
+    ``df``: columns ``epsilon``, ``fpr``, ``tpr`` (from :func:`dpnb.audit.dp_tpr_bound`).
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=df.assign(ε=df["epsilon"].map("ε = {:g}".format)), x="fpr", y="tpr", hue="ε",
+                 palette="viridis", ax=ax)
+    ax.plot([1e-4, 1], [1e-4, 1], color="grey", lw=0.8, ls=":", label="guessing (ε = 0)")
+    ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1.05),
+           xlabel="false-positive rate (log scale)", ylabel="largest true-positive rate (log scale)",
+           title=f"What (ε, δ)-DP allows any membership test (δ = {delta:g})")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
