@@ -21,7 +21,8 @@
 # $\sigma$, $T$ steps. What $(\varepsilon, \delta)$ guarantee does it have, and why should you
 # believe the number a library prints?
 #
-# **What you will see:** the classic MNIST run's ε under three accountings (section 6) and the σ for a target ε (section 7):
+# **What you will see:** the TF Privacy tutorial's MNIST run's ε under three accountings (section 6) and the σ
+# for a target ε (section 8):
 #
 # ```{glue:md} budget-headline
 # :format: myst
@@ -31,16 +32,17 @@
 # differential privacy (RDP) and its composition {cite:p}`mironov2017renyi`, and the RDP of the
 # *sampled* Gaussian mechanism {cite:p}`mironov2019sgm`. Each formula is implemented from
 # scratch in `dpnb.privacy` (open `src/dpnb/privacy/rdp.py` beside this page), plotted, and checked
-# against Opacus {cite:p}`opacus2021`. We then reproduce the classic MNIST budget
-# {cite:p}`abadi2016deep`, explain why tools have printed three different ε for it over the
-# years, and calibrate the noise for a target ε.
+# against Opacus {cite:p}`opacus2021`. We then re-account the best-known MNIST budget, that of
+# the TF Privacy tutorial {cite:p}`tfprivacy`, explain why tools have printed three different ε
+# for it over the years, re-account Abadi et al.'s own setting {cite:p}`abadi2016deep`, show what
+# the sampling scheme and the adjacency change, and calibrate the noise for a target ε.
 #
 # Everything below assumes **Poisson sampling** (each example enters each batch independently
 # with probability $q$) and **add/remove-one adjacency**; this is what Opacus's `DPDataLoader`
 # implements and what its accountants assume.
 
 # %% tags=["parameters"]
-# Book profile: the classic MNIST run of Abadi et al. (2016) as computed by TF Privacy.
+# Book profile: the TF Privacy tutorial's MNIST run (sigma 1.1, batch 256, 60 epochs).
 dataset_size = 60_000  # private training examples N
 batch_size = 256  # expected batch size under Poisson sampling
 noise_multiplier = 1.1  # sigma: noise std / clipping norm
@@ -52,6 +54,8 @@ curve_points = 25  # points per epsilon-vs-epochs curve
 crosscheck_sigmas = [0.8, 1.1, 2.0]  # grid of the Opacus cross-check
 crosscheck_rates = [0.001, 0.01, 0.03]
 crosscheck_steps = [100, 10_000]
+abadi_lot = 600  # Abadi et al.'s lot size (expected batch) on MNIST
+abadi_sigmas = [2.0, 4.0, 8.0]  # their three noise levels
 profile = "book"
 
 # %% [markdown]
@@ -68,6 +72,7 @@ from IPython.display import Markdown, display
 
 from dpnb import chapters, dpsgd, plots, privacy, prose
 from dpnb.privacy import compare
+from dpnb.published import published
 from dpnb.results import Results
 
 globals().update(chapters.parameters("budget", globals()))  # every parameter, checked
@@ -197,7 +202,8 @@ plots.caption(f"RDP ε(α) of one step of the sampled Gaussian mechanism (σ = {
 
 # %% [markdown]
 # Each factor of 10 in $q$ lowers a step's RDP by roughly a factor of 100 at small orders
-# (amplification is quadratic in $q$ there, $\varepsilon(\alpha)\approx q^2\alpha/\sigma^2$),
+# (amplification is quadratic in $q$ there: the leading term is
+# $\varepsilon(\alpha)\approx \tfrac{\alpha}{2} q^2 (e^{1/\sigma^2} - 1) \approx q^2\alpha/(2\sigma^2)$ for large σ),
 # and the fractional and integer orders lie on one smooth curve, a first check that both
 # series are right. The curve bends up at large orders, where subsampling stops helping.
 
@@ -268,17 +274,35 @@ print(f"largest relative difference dpnb vs Opacus RDP: {worst:.1e} "
 assert worst < 1e-6, "dpnb.privacy disagrees with Opacus's RDPAccountant"
 
 # %% [markdown]
-# The two RDP implementations agree to far better than $10^{-6}$ relative. PRV saves most
-# where many steps are composed at small $q$ (the regime of DP-SGD), because the RDP
-# conversion's slack does not shrink with $T$ while the PRV's error bound does not grow with it.
+# The two RDP implementations agree to far better than $10^{-6}$ relative. Where does PRV's
+# tighter accounting pay? The figure follows ε as the steps grow, at the reference run's $q$ and
+# σ, under both RDP conversions and PRV (`dpnb.privacy.compare.accountants_over_steps`).
+
+# %%
+step_grid = np.unique(np.geomspace(10, steps * max_epochs / epochs, curve_points).astype(int))
+over_steps = compare.accountants_over_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                            steps=step_grid.tolist(), delta=delta)
+fig = plots.accountants_vs_steps(over_steps, title=f"q = {sample_rate:.4g}, σ = {noise_multiplier:g}, δ = {delta:g}")
+plots.caption(f"ε against the number of steps (δ = {delta:g}, Poisson sampling, add/remove; q = {sample_rate:.4g}, "
+              f"σ = {noise_multiplier:g}) under the two RDP conversions and the PRV accountant.")
+
+# %%
+ratio = over_steps.pivot(index="steps", columns="accounting", values="epsilon")
+ratio = ratio["PRV"] / ratio["RDP, Balle et al. 2020"]
+display(Markdown(
+    f"PRV's ε is {ratio.iloc[0]:.0%} of today's RDP ε after {ratio.index[0]} steps and {ratio.iloc[-1]:.0%} after "
+    f"{ratio.index[-1]:,} steps (lowest: {ratio.min():.0%}, at {ratio.idxmin():,} steps): RDP summarises the privacy "
+    "loss by its moments and pays for that in the conversion, PRV composes the distribution itself."))
 
 # %% [markdown]
-# ## 6. The classic reference: MNIST, σ = 1.1, 60 epochs
+# ## 6. The reference run: the TF Privacy tutorial's MNIST, σ = 1.1, 60 epochs
 #
-# Abadi et al. {cite:p}`abadi2016deep` and the TF Privacy tutorial trained MNIST
-# ($N = 60{,}000$) with batch 256, $\sigma = 1.1$ for 60 epochs at $\delta = 10^{-5}$, and
-# TF Privacy's `compute_dp_sgd_privacy` printed **ε = 3.01**. The same run, with the same
-# orders, reads differently today:
+# The TF Privacy MNIST tutorial {cite:p}`tfprivacy` trained a CNN on MNIST ($N = 60{,}000$) with
+# batch 256, $\sigma = 1.1$ for 60 epochs at $\delta = 10^{-5}$, and TF Privacy's
+# `compute_dp_sgd_privacy` printed the value of the old conversion below. (This is not Abadi et
+# al.'s setting; theirs follows.) The same run, with the same orders, reads differently today.
+# One caveat holds for all three numbers: each assumes **Poisson sampling**, while the tutorial
+# trained on shuffled batches of fixed size, which none of these analyses covers (section 7).
 
 # %%
 reference_df = compare.compare_accountants(
@@ -306,17 +330,100 @@ prose.headline("budget", f"the run q = {sample_rate:.4g}, σ = {noise_multiplier
                "Poisson sampling, add/remove adjacency, as all three assume).", display=False)
 
 # %% [markdown]
-# With the book's default parameters (the reference run) the table reproduces the 3.01 of
-# older tools, Opacus's current RDP value of about 2.60 and a PRV value of about 2.39. Nothing
-# about the training changed: the *same* mechanism was analysed more tightly. The old
-# conversion (Prop. 3) is a loose use of the RDP curve; the Balle et al. conversion extracts
-# more from the same curve; PRV drops the RDP summary altogether and composes the privacy loss
-# distribution itself, so it is the figure to report, with its error bound. When comparing ε
-# across papers, check the accountant, the conversion, δ and the sampling assumption: a
-# 3.01 and a 2.39 can describe the same training run.
+# Nothing about the training changed between these three numbers: the *same* mechanism was
+# analysed more tightly. The old conversion (Prop. 3) is a loose use of the RDP curve; the Balle
+# et al. conversion extracts more from the same curve; PRV drops the RDP summary altogether and
+# composes the privacy loss distribution itself, so it is the figure to report, with its error
+# bound. When comparing ε across papers, check the accountant, the conversion, δ and the
+# sampling assumption: the three values above describe one training run.
+#
+# **Abadi et al.'s own setting.** Abadi et al. {cite:p}`abadi2016deep` trained on MNIST with lots
+# (expected batches) of `abadi_lot` images and three noise levels `abadi_sigmas`, after a
+# differentially private PCA of the inputs whose budget is part of their published ε. The table
+# re-accounts the DP-SGD part with today's RDP accountant: for each σ, how many epochs fit within
+# each ε they published (`dpnb.published`), *before* the PCA step's share is taken out, so
+# their runs must have used fewer (`dpnb.privacy.steps_within`).
+
+# %%
+abadi_rate = abadi_lot / dataset_size
+abadi_eps = sorted(published("mnist").query("source == 'Abadi et al. 2016'")["epsilon"].unique())
+abadi_df = pd.DataFrame([
+    dict(noise_multiplier=s, published_epsilon=e,
+         epochs=privacy.steps_within(privacy.SampledGaussianEvent(s, abadi_rate, 1), target_epsilon=e,
+                                     delta=delta, accountant="rdp") * abadi_rate)
+    for s in abadi_sigmas for e in abadi_eps])
+display(abadi_df.pivot(index="noise_multiplier", columns="published_epsilon", values="epochs")
+        .rename(columns=lambda e: f"epochs within ε = {e:g}").style.format("{:,.1f}"))
+for r in abadi_df.itertuples():
+    results.add(experiment=f"Abadi et al. setting, sigma = {r.noise_multiplier:g}: epochs within a published epsilon",
+                dataset=f"N={dataset_size}, lot {abadi_lot}", model="DP-SGD (without the DP-PCA step)", dp=True,
+                epsilon=r.published_epsilon, delta=delta, accountant=dpsgd.accountant_label("rdp"), metric="epochs",
+                value=r.epochs, seconds=float("nan"))
+display(Markdown(f"q = {abadi_lot}/{dataset_size:,} = {abadi_rate:.4g}; δ = {delta:g}, RDP (Balle et al. conversion), "
+                 "Poisson sampling, add/remove; the DP-PCA step is not included."))
+
 
 # %% [markdown]
-# ## 7. Noise calibration: σ for a target ε
+# ## 7. Sampling and adjacency
+#
+# Every ε so far assumed two things about the run, and both change the number.
+#
+# * **Sampling.** *Poisson sampling* puts each example in each batch independently with
+#   probability $q$, so batch sizes vary; this is what the RDP and PRV analyses of DP-SGD
+#   assume, and what Opacus's `DPDataLoader` draws. *Shuffled batches* (a permutation cut into
+#   batches of fixed size, what an ordinary `DataLoader` draws) see each example exactly once
+#   per epoch; none of these analyses covers them, and the better-known ε's of shuffled runs
+#   (the reference run's included) silently assume Poisson sampling. *Fixed shards without
+#   replacement*, as in GS-WGAN, have an analysis of their own (Wang, Balle & Kasiviswanathan
+#   {cite:p}`wang2019subsampled`), for replace-one adjacency.
+# * **Adjacency.** *Add/remove* neighbours differ by one example present or absent; *replace-one*
+#   neighbours have the same size and differ in one example's value. Replacing is removing then
+#   adding, so the same mechanism's replace-one ε is larger, and the two are **not comparable**:
+#   the book never puts them in one column.
+#
+# `dpnb.privacy.epsilon` takes the record of a run with its sampling and adjacency
+# (`SampledGaussianEvent`) and refuses, in one line, what no analysis here bounds. The same σ, q and
+# T as the reference run, under each combination:
+
+# %%
+schemes = compare.sampling_and_adjacency(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+                                         delta=delta)
+schemes["ε (add/remove)"] = schemes["epsilon"].where(schemes["adjacency"] == "add/remove")
+schemes["ε (replace-one)"] = schemes["epsilon"].where(schemes["adjacency"] == "replace-one")
+display(schemes[["sampling", "adjacency", "accountant", "ε (add/remove)", "ε (replace-one)", "note"]]
+        .style.format({"ε (add/remove)": "{:.3f}", "ε (replace-one)": "{:.3f}"}, na_rep="").hide(axis="index"))
+
+# %% [markdown]
+# The shards analysis (the `rdp-wbk` row) uses Mironov's conversion, as GS-WGAN's accountant does;
+# the {doc}`gswgan` chapter derives it and compares it with the Poisson analysis of the same
+# composition.
+#
+# **Choosing δ.** δ is the probability that the guarantee fails outright: a mechanism that
+# publishes one random example in full is (0, 1/N)-DP. So δ must be well below $1/N$. The
+# same run at several δ:
+
+# %%
+delta_grid = sorted({1 / dataset_size, 1e-5, 1e-6, 1e-8, delta}, reverse=True)
+delta_df = pd.DataFrame([dict(delta=d, epsilon_prv=privacy.epsilon(privacy.SampledGaussianEvent(
+    noise_multiplier, sample_rate, steps), delta=d, accountant="prv")) for d in delta_grid])
+display(delta_df.assign(delta=delta_df["delta"].map("{:.2g}".format)).style.format({"epsilon_prv": "{:.3f}"})
+        .hide(axis="index"))
+delta_cost = delta_df["epsilon_prv"].iloc[-1] / delta_df["epsilon_prv"].iloc[0]
+display(Markdown(
+    f"Here 1/N = {1 / dataset_size:.2g}; going from δ = {delta_grid[0]:.2g} to {delta_grid[-1]:.2g} raises ε from "
+    f"{delta_df['epsilon_prv'].iloc[0]:.2f} to {delta_df['epsilon_prv'].iloc[-1]:.2f} (PRV, Poisson, add/remove): "
+    f"a δ {delta_grid[0] / delta_grid[-1]:,.0f} times smaller costs a factor {delta_cost:.2f} in ε here."))
+
+# %% [markdown]
+# **Tuning costs privacy too.** Every hyper-parameter trial on the private data is a run of a
+# mechanism; reporting the best of many trials at the ε of one is not a DP statement. The book's
+# chapters declare their searches and say that ε does not cover them. Papernot & Steinke
+# {cite:p}`papernot2022hyperparameter` show how to pay for tuning properly: run a *random* number
+# of trials (e.g. drawn from a truncated negative binomial or Poisson distribution) and publish
+# only the best; the whole procedure then costs a small multiple of one run's RDP.
+
+# %% [markdown]
+# ## 8. Noise calibration: σ for a target ε
 #
 # In practice one fixes the budget and asks for the noise. ε is monotone in σ (more noise,
 # less privacy loss), so bisection on the accountant finds the smallest σ whose ε does not
@@ -373,8 +480,8 @@ plots.caption(f"ε against epochs (δ = {delta:g}, RDP accountant, Poisson sampl
 #   the number of steps $T$ determine ε.
 # * RDP composes additively; the sampled Gaussian's RDP has closed-form series
 #   (`dpnb.privacy.sgm_rdp`), checked here against Opacus to better than $10^{-6}$ relative.
-# * Report ε with δ, the accountant, the conversion and the sampling assumption: the same run is
-#   ε ≈ 3.01, 2.60 or 2.39 depending on them.
+# * Report ε with δ, the accountant, the conversion, the sampling scheme and the adjacency: the
+#   same run gets three different ε in section 6, and a replace-one ε is a different quantity.
 #
 # The tidy results of this chapter are saved below (`results/budget.csv`, or
 # `book/_build/results/budget.csv` in the book).

@@ -13,7 +13,8 @@ Example::
     >>> from dpnb import chapters
     >>> book = dict(dataset_size=60_000, batch_size=256, noise_multiplier=1.1, epochs="60", delta=1e-5,
     ...             target_epsilon=3.0, max_epochs=100, curve_points=25, crosscheck_sigmas=[1.1],
-    ...             crosscheck_rates=[0.01], crosscheck_steps=[100], profile="book")
+    ...             crosscheck_rates=[0.01], crosscheck_steps=[100], abadi_lot=600, abadi_sigmas=[4.0],
+    ...             profile="book")
     >>> chapters.parameters("budget", book)["epochs"]
     60.0
     >>> chapters.parameters("budget", dict(book, batch_size=70_000))
@@ -67,6 +68,7 @@ RULES: dict[str, dict[str, Rule]] = {
         epochs=Positive(), delta=PROBABILITY, target_epsilon=Positive(), max_epochs=Positive(),
         curve_points=Int(2, 1000), crosscheck_sigmas=Each(Number(0.1, 100)),
         crosscheck_rates=Each(Number(0, 1, open="low")), crosscheck_steps=Each(Int(1, 1_000_000)),
+        abadi_lot=Int(1, high=lambda p: p["dataset_size"]), abadi_sigmas=Each(Number(0.3, 100)),
         profile=Choice(PROFILES)),
     "mnist": dict(
         train_limit=Maybe(Int(100, MNIST)), epochs=Int(1),

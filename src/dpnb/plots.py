@@ -350,3 +350,13 @@ def dp_tradeoff(df: pd.DataFrame, *, delta: float) -> Figure:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def accountants_vs_steps(df: pd.DataFrame, *, title: str) -> Figure:
+    """ε against the number of steps under each accounting (log-log): columns ``steps``, ``accounting``, ``epsilon``."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=df, x="steps", y="epsilon", hue="accounting", style="accounting", markers=True, ax=ax)
+    ax.set(xscale="log", yscale="log", xlabel="steps T (log scale)", ylabel="ε (log scale)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -31,6 +31,7 @@ from dpnb.privacy.accountant import (
     epsilon,
     label,
     prv_eps_error,
+    steps_within,
 )
 from dpnb.privacy.events import ADJACENCIES, SAMPLINGS, SampledGaussianEvent, sample_rate_and_steps
 from dpnb.privacy.prv import AccountantLimit, prv_epsilon, prv_epsilon_and_error
@@ -54,7 +55,8 @@ from dpnb.privacy.rdp import (
 
 __all__ = [
     "ACCOUNTANTS", "Accountant", "UnsupportedEvent", "AccountantLimit", "calibrate_noise_multiplier",
-    "epsilon", "label", "prv_eps_error", "ADJACENCIES", "SAMPLINGS", "SampledGaussianEvent", "sample_rate_and_steps",
+    "epsilon", "label", "prv_eps_error", "steps_within", "ADJACENCIES", "SAMPLINGS", "SampledGaussianEvent",
+    "sample_rate_and_steps",
     "prv_epsilon", "prv_epsilon_and_error", "ACCOUNTING_ORDERS", "DEFAULT_ORDERS", "LARGE_ORDERS",
     "WBK_ORDERS", "Conversion", "classic_gaussian_sigma", "epsilon_by_order", "epsilon_curve",
     "gaussian_delta", "gaussian_rdp", "rdp_epsilon", "rdp_to_epsilon", "sgm_rdp", "wbk_epsilon",

@@ -46,7 +46,7 @@ from dpnb.privacy import prv, rdp
 from dpnb.privacy.events import SampledGaussianEvent
 
 __all__ = ["ACCOUNTANTS", "Accountant", "UnsupportedEvent", "epsilon", "label",
-           "calibrate_noise_multiplier", "prv_eps_error", "SIGMA_MAX"]
+           "calibrate_noise_multiplier", "steps_within", "prv_eps_error", "SIGMA_MAX"]
 
 Accountant = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
@@ -165,6 +165,41 @@ def calibrate_noise_multiplier(
             return hi
         f_lo = f(lo)
     return _illinois(f, lo, f_lo, hi, f_hi, rel_tol)
+
+
+def steps_within(event: SampledGaussianEvent, *, target_epsilon: float, delta: float,
+                 accountant: Accountant = "rdp", steps_max: int = 10**8) -> int:
+    """The most steps of ``event``'s mechanism (σ, q, sampling, adjacency; its own ``steps`` ignored)
+    whose ε stays within ``target_epsilon``: 0 when even one step exceeds it, ``steps_max`` at most.
+
+    ε grows with the number of steps, so bisection on it is exact.
+
+        >>> run = SampledGaussianEvent(noise_multiplier=1.1, sample_rate=256 / 60_000, steps=1)
+        >>> t = steps_within(run, target_epsilon=2.6, delta=1e-5)
+        >>> epsilon(run.with_steps(t), delta=1e-5) <= 2.6 < epsilon(run.with_steps(t + 1), delta=1e-5)
+        True
+    """
+    target = check_number("target_epsilon", target_epsilon, low=0, low_open=True)
+
+    def within(t: int) -> bool:
+        return epsilon(event.with_steps(t), delta=delta, accountant=accountant) <= target
+
+    if not within(1):
+        return 0
+    lo, hi = 1, 2
+    while within(hi):
+        lo, hi = hi, 2 * hi
+        if hi > steps_max:
+            return steps_max if within(steps_max) else _bisect(within, lo, steps_max)
+    return _bisect(within, lo, hi)
+
+
+def _bisect(within: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The largest t in [lo, hi) with within(t), given within(lo) and not within(hi)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if within(mid) else (lo, mid)
+    return lo
 
 
 def prv_eps_error(target_epsilon: float) -> float:

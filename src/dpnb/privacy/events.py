@@ -102,6 +102,10 @@ class SampledGaussianEvent:
         """The same run with noise multiplier ``noise_multiplier``."""
         return replace(self, noise_multiplier=noise_multiplier)
 
+    def with_steps(self, steps: int) -> "SampledGaussianEvent":
+        """The same mechanism run for ``steps`` steps."""
+        return replace(self, steps=steps)
+
     @property
     def sampling_text(self) -> str:
         return _SAMPLING_TEXT[self.sampling]
