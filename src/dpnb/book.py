@@ -257,6 +257,7 @@ def stage(root: Path, build: Path) -> Path:
         dest = src / "book" / item.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if item.is_dir() else shutil.copy)(item, dest)
+    _write_results_page(root, build, src)
     for ch in chapters(root):
         dest = src / f"{ch.toc_file}.ipynb"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +269,33 @@ def stage(root: Path, build: Path) -> Path:
                   file=sys.stderr)
             shutil.copy(ch.source(root), dest)
     return src
+
+
+RESULTS_PAGE = "book/results"  # the toc entry of the generated results page
+
+
+def _title(notebook: Path) -> str:
+    """The first level-1 heading of a notebook, or its file name."""
+    import json
+
+    for cell in json.loads(notebook.read_text()).get("cells", []):
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return notebook.stem
+
+
+def _write_results_page(root: Path, build: Path, src: Path) -> None:
+    """Generate ``book/results.md`` from the chapters' results CSVs (:mod:`dpnb.summary`), if the toc lists it."""
+    from dpnb.summary import results_page
+
+    if RESULTS_PAGE not in toc_entries(root):
+        return
+    titles = [(ch.name, _title(ch.source(root))) for ch in chapters(root)]
+    page = src / f"{RESULTS_PAGE}.md"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(results_page(build / "results", chapters=titles))
 
 
 def build_html(root: Path, build: Path) -> Path:
