@@ -33,6 +33,6 @@ def test_results_page_lists_every_row_with_its_spread(tmp_path: Path) -> None:
     pd.DataFrame([_row(chapter="audit", experiment="one-run audit", metric="epsilon_lower_bound", value=0.5,
                        seeds=3, std=0.25)]).to_csv(tmp_path / "audit.csv", index=False)
     page = results_page(tmp_path, chapters=[("audit", "Auditing"), ("mnist", "MNIST")])
-    assert "## Auditing" in page and "0.5 ± 0.25" in page and "| 3 |" in page
+    assert "## Auditing" in page and "0.5 ± 0.25 (3 seeds)" in page
     assert "## MNIST" not in page  # a chapter without results gets no section
     assert "No chapter" in results_page(tmp_path / "empty", chapters=[("mnist", "MNIST")])

@@ -44,7 +44,7 @@ def _value(metric: str, value: float, std: float | None) -> str:
 
 def _epsilon(row: pd.Series) -> str:
     if pd.isna(row["epsilon"]):
-        return "no DP" if not row["dp"] else ""
+        return "no DP" if not row["dp"] else "none recorded"
     return f"{row['epsilon']:.3g} (δ = {row['delta']:g}, {row['accountant']})"
 
 
@@ -117,16 +117,50 @@ def results_page(results_dir: Path, *, chapters: Sequence[tuple[str, str]]) -> s
     frame["seeds"] = frame["seeds"].fillna(1).astype(int)
     cmp = comparison(frame)
     if len(cmp):
-        cmp = cmp.assign(published_accuracy=cmp["published_accuracy"].map("{:.1%}".format),
-                         book_accuracy=cmp["book_accuracy"].map("{:.2%}".format), gap=cmp["gap"].map("{:+.1f}".format))
-        out.append("\n## Beside the published figures\n\nThe book's best DP test accuracy on the same dataset at an "
-                   "ε within 25% of the published one. The accountants and the training budgets differ (both are "
-                   "named), so the gap is a measurement of this build, not a verdict on a method.\n\n")
-        out.append(_table(cmp, dict(dataset="dataset", kind="model kind", published="published",
-                                    published_epsilon="its ε", published_accuracy="its accuracy", book="this book",
-                                    book_data="data here", book_epsilon="ε here",
-                                    book_accuracy="accuracy here", seeds="seeds", profile="profile",
-                                    gap="gap (points)")))
+        shown = pd.DataFrame({
+            "published": [f"{r.published}: **{r.published_accuracy:.1%}** at ε = {r.published_epsilon}"
+                          for r in cmp.itertuples()],
+            "this book": [f"{r.book} ({r.book_data}; ε = {r.book_epsilon}; {r.seeds} seed{'s' * (r.seeds > 1)}, "
+                          f"{r.profile} profile)" for r in cmp.itertuples()],
+            "accuracy here": cmp["book_accuracy"].map("{:.2%}".format),
+            "gap (points)": cmp["gap"].map("{:+.1f}".format)})
+        out.append("\n## Beside the published figures\n\nThe book's best DP test accuracy on the same dataset, for "
+                   "the same kind of model, at an ε within 25% of the published one. The accountants and the "
+                   "training budgets differ (both are named), so the gap is a measurement of this build, not a "
+                   "verdict on a method.\n\n")
+        out.append(_table(shown, {c: c for c in shown.columns}))
+    for name, title in chapters:
+        part = frame[frame["chapter"] == name]
+        if part.empty:
+            continue
+        what = [f"{r.experiment} ({r.model}; {r.dataset})" for r in part.itertuples()]
+        shown = pd.DataFrame({
+            "experiment": what, "metric": part["metric"].tolist(),
+            "value": [_value(m, v, sd) + ("" if n == 1 else f" ({n} seeds)")
+                      for m, v, sd, n in zip(part["metric"], part["value"], part["std"], part["seeds"])],
+            "ε": [_epsilon(r) for _, r in part.iterrows()]})
+        profiles = ", ".join(sorted(part["profile"].astype(str).unique()))
+        out.append(f"\n## {title}\n\nProfile: `{profiles}`.\n\n")
+        out.append(_table(shown, {c: c for c in shown.columns}))
+    return "".join(out) + "\nNo chapter has been executed in this build.\n"
+    frame = pd.concat(frames, ignore_index=True)
+    if "seeds" not in frame:
+        frame["seeds"], frame["std"] = 1, None
+    frame["seeds"] = frame["seeds"].fillna(1).astype(int)
+    cmp = comparison(frame)
+    if len(cmp):
+        shown = pd.DataFrame({
+            "published": [f"{r.published}: **{r.published_accuracy:.1%}** at ε = {r.published_epsilon}"
+                          for r in cmp.itertuples()],
+            "this book": [f"{r.book} ({r.book_data}; ε = {r.book_epsilon}; {r.seeds} seed{'s' * (r.seeds > 1)}, "
+                          f"{r.profile} profile)" for r in cmp.itertuples()],
+            "accuracy here": cmp["book_accuracy"].map("{:.2%}".format),
+            "gap (points)": cmp["gap"].map("{:+.1f}".format)})
+        out.append("\n## Beside the published figures\n\nThe book's best DP test accuracy on the same dataset, for "
+                   "the same kind of model, at an ε within 25% of the published one. The accountants and the "
+                   "training budgets differ (both are named), so the gap is a measurement of this build, not a "
+                   "verdict on a method.\n\n")
+        out.append(_table(shown, {c: c for c in shown.columns}))
     for name, title in chapters:
         part = frame[frame["chapter"] == name]
         if part.empty:
