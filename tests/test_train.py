@@ -188,3 +188,39 @@ def test_tensor_batches_are_gathered_at_once_and_equal_the_default_loader() -> N
     assert len(fast) == len(slow) == 4
     for (a, b), (c, d) in zip(fast, slow):
         assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def test_book_keeping_mode_runs_the_same_mechanism_as_opacus() -> None:
+    """grad_sample_mode 'bk': same sampling rate, steps, sigma and epsilon as Opacus's modes; it learns."""
+    bk = train(nn.Linear(6, 2), TRAIN, TEST, TrainConfig(**FAST, target_epsilon=2.0, grad_sample_mode="bk"),
+               progress=False)
+    ghost = train(nn.Linear(6, 2), TRAIN, TEST, TrainConfig(**FAST, target_epsilon=2.0, grad_sample_mode="ghost"),
+                  progress=False)
+    assert (bk.sample_rate, bk.steps, bk.noise_multiplier) == (ghost.sample_rate, ghost.steps, ghost.noise_multiplier)
+    assert bk.epsilon == pytest.approx(ghost.epsilon)
+    assert bk.test_accuracy > 0.85
+
+
+def test_book_keeping_step_is_clip_noise_scale() -> None:
+    """With negligible noise, one bk step moves the weights by -lr * (clipped sum) / (q N)."""
+    from dpnb.train import BookKeepingStep
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(16, 6) * 5, torch.randint(0, 3, (16,))
+    expected = _hand_clipped_sum(model, x, y, 0.05)
+    before = [p.detach().clone() for p in model.parameters()]
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = BookKeepingStep(model, opt, loader, TrainConfig(epochs=1, batch_size=4, noise_multiplier=1e-9,
+                                                           max_grad_norm=0.05, grad_sample_mode="bk"))
+    assert step.sample_rate == pytest.approx(0.25) and step.expected_batch_size == pytest.approx(4.0)
+    step.step(x, y)
+    for b, p, e in zip(before, model.parameters(), expected):
+        torch.testing.assert_close(b - p.detach(), 0.1 * e / 4.0, atol=1e-6, rtol=1e-4)
+
+
+def test_book_keeping_falls_back_to_opacus_on_an_unsupported_layer(capsys: pytest.CaptureFixture) -> None:
+    model = nn.Sequential(nn.Linear(6, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    run = train(model, TRAIN, None, TrainConfig(**FAST, noise_multiplier=1.0, grad_sample_mode="bk"), progress=False)
+    assert "LayerNorm is not supported" in capsys.readouterr().out and run.config.grad_sample_mode == "ghost"

@@ -159,18 +159,19 @@ def bench_main(a: argparse.Namespace) -> int:
     for b in a.batch_sizes:
         check_int("--batch-sizes", b, low=1, high=60_000)
     if a.limit is not None:
-        check_int("--limit", a.limit, low=max(a.batch_sizes), high=60_000)
+        check_int("--limit", a.limit, low=max(a.batch_sizes), high=60_000 if a.workload == "mnist-cnn" else 50_000)
     if a.max_batches is not None:
         check_int("--max-batches", a.max_batches, low=1)
     select_device(a.device)  # a clear error for cuda without CUDA
     from dpnb.data import load_dataset
 
-    load_dataset("mnist", split="train")  # DataUnavailable (one line) before any timing starts
+    load_dataset("mnist" if a.workload == "mnist-cnn" else "cifar10", split="train")  # one line if missing
     df = measure_grid(methods=a.methods, batch_sizes=a.batch_sizes, limit=a.limit,
-                      max_batches=a.max_batches, device=a.device)
+                      max_batches=a.max_batches, device=a.device, workload=a.workload)
     cols = ["method", "batch_size", "device", "samples_per_second", "seconds_per_epoch",
             "slowdown_vs_non_private", "peak_memory_mb"] + (["peak_increase_mb"] if "peak_increase_mb" in df else [])
-    print(f"MNIST CNN (dpnb.models.mnist_cnn), {df['examples'].iloc[0]} examples per run; memory: "
+    name = "MNIST CNN (dpnb.models.mnist_cnn)" if a.workload == "mnist-cnn" else "CIFAR-10 CNN (cifar_cnn, width 16)"
+    print(f"{name}, {df['examples'].iloc[0]} examples per run; memory: "
           f"{df['memory_kind'].iloc[0]}")
     print(df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if a.csv:
@@ -183,10 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     pp = sub.add_parser("privacy", help="epsilon of DP-SGD (RDP and PRV accountants), or sigma for a target epsilon")
     _privacy_args(pp)
-    pc = sub.add_parser("bench", help="time per epoch and peak memory: non-private vs DP-SGD (MNIST CNN)")
+    pc = sub.add_parser("bench", help="time per epoch and peak memory: non-private vs DP-SGD (MNIST or CIFAR-10 CNN)")
     pc.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024], metavar="B")
-    pc.add_argument("--methods", nargs="+", default=["non-private", "hooks", "functorch", "ghost"],
-                    choices=["non-private", "hooks", "functorch", "ghost"], metavar="METHOD")
+    pc.add_argument("--methods", nargs="+", default=["non-private", "hooks", "functorch", "ghost", "bk"],
+                    choices=["non-private", "hooks", "functorch", "ghost", "bk"], metavar="METHOD")
+    pc.add_argument("--workload", choices=["mnist-cnn", "cifar10-cnn"], default="mnist-cnn",
+                    help="the MNIST chapter's CNN or the CIFAR-10 chapter's tanh + GroupNorm CNN")
     pc.add_argument("--limit", type=int, default=None, help="train on a seeded subset of this size")
     pc.add_argument("--max-batches", type=int, default=None, help="time only this many steps per run")
     pc.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

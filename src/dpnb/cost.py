@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-METHODS = ("non-private", "hooks", "functorch", "ghost")
+METHODS = ("non-private", "hooks", "functorch", "ghost", "bk")  # bk: book-keeping clipping (dpnb.bookkeeping)
 
 
 def _status_mb(field: str) -> float:
@@ -55,6 +55,9 @@ def _workload(name: str, *, limit: int | None, seed: int, image_size: int) -> tu
 
     if name == "mnist-cnn":
         return data.mnist_tensors("mnist", split="train", limit=limit, seed=seed), models.mnist_cnn()
+    if name == "cifar10-cnn":  # the CIFAR-10 chapter's tanh + GroupNorm CNN at its book-profile width
+        return (data.cifar10_tensors(split="train", limit=limit, seed=seed, progress=False),
+                models.cifar_cnn(width=16))
     import torch
     from torch.utils.data import TensorDataset
     from torchvision import transforms as T
@@ -79,7 +82,7 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
     from torch.utils.data import DataLoader
 
     from dpnb.devices import select_device
-    from dpnb.train import TrainConfig, make_private
+    from dpnb.train import BookKeepingStep, TrainConfig, make_private
 
     torch.manual_seed(seed)
     dev = select_device(device)
@@ -89,7 +92,13 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
     criterion: Any = nn.CrossEntropyLoss()
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
-    if method != "non-private":
+    bk = None
+    if method == "bk":
+        cfg = TrainConfig(epochs=1, batch_size=batch_size, noise_multiplier=1.0, max_grad_norm=1.0,
+                          grad_sample_mode="bk")
+        bk = BookKeepingStep(model, optimizer, loader, cfg, generator=torch.Generator().manual_seed(seed))
+        loader = bk.loader
+    elif method != "non-private":
         cfg = TrainConfig(epochs=1, batch_size=batch_size, noise_multiplier=1.0, max_grad_norm=1.0,
                           grad_sample_mode=method)
         _, model, optimizer, criterion, loader, _ = make_private(model, optimizer, criterion, loader, cfg)
@@ -99,6 +108,9 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = x.to(dev), y.to(dev)
         optimizer.zero_grad(set_to_none=True)
+        if bk is not None:
+            bk.step(x, y)
+            return
         criterion(model(x), y).backward()
         optimizer.step()
 
@@ -131,7 +143,7 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
     return row
 
 
-WORKLOADS = ("mnist-cnn", "flowers-resnet18")
+WORKLOADS = ("mnist-cnn", "cifar10-cnn", "flowers-resnet18")
 
 
 def measure(*, method: str, batch_size: int, limit: int | None = None, max_batches: int | None = None,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from dpnb.devices import DEVICES, select_device
 from dpnb.params import ParameterError, check_budget, check_choice, check_int, check_number
 from dpnb.store import load_tensors, save_tensors
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bk")  # bk: book-keeping clipping (dpnb.bookkeeping)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,9 @@ class TrainConfig:
         check_int("eval_batch_size", self.eval_batch_size, low=1)
         if self.max_physical_batch_size is not None:
             check_int("max_physical_batch_size", self.max_physical_batch_size, low=1)
+            if self.grad_sample_mode == "bk":
+                raise ParameterError("max_physical_batch_size works with Opacus's modes (hooks, functorch, ghost), "
+                                     "not with grad_sample_mode 'bk'")
         check_budget(dp=self.dp, noise_multiplier=self.noise_multiplier, target_epsilon=self.target_epsilon)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ParameterError("device must be 'auto' or 'cpu' on this machine: CUDA is not available")
@@ -218,13 +221,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
     from opacus import PrivacyEngine
 
     sample_rate = 1 / len(loader)  # what Opacus's DPDataLoader samples at
-    if config.noise_multiplier is not None:
-        sigma = float(config.noise_multiplier)
-    else:
-        plan = privacy.SampledGaussianEvent(None, sample_rate, config.epochs * opacus_steps_per_epoch(sample_rate))
-        sigma = privacy.calibrate_noise_multiplier(
-            plan, target_epsilon=float(config.target_epsilon), delta=config.delta,  # type: ignore[arg-type]
-            accountant=config.accountant)  # type: ignore[arg-type]
+    sigma = _noise_multiplier(config, sample_rate)
     kw = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
               max_grad_norm=config.max_grad_norm, poisson_sampling=True,
               grad_sample_mode=config.grad_sample_mode, noise_generator=generator)
@@ -236,6 +233,52 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
         else:
             model, optimizer, loader = engine.make_private(**kw)
     return engine, model, optimizer, criterion, loader, sigma
+
+
+def _noise_multiplier(config: TrainConfig, sample_rate: float) -> float:
+    """σ as given, or calibrated to the target ε for the steps Opacus's sampler will run at ``sample_rate``."""
+    if config.noise_multiplier is not None:
+        return float(config.noise_multiplier)
+    plan = privacy.SampledGaussianEvent(None, sample_rate, config.epochs * opacus_steps_per_epoch(sample_rate))
+    return privacy.calibrate_noise_multiplier(
+        plan, target_epsilon=float(config.target_epsilon), delta=config.delta,  # type: ignore[arg-type]
+        accountant=config.accountant)  # type: ignore[arg-type]
+
+
+class BookKeepingStep:
+    """DP-SGD with book-keeping clipping (:mod:`dpnb.bookkeeping`) on a Poisson loader of Opacus's.
+
+    The same mechanism as :func:`make_private`'s: Opacus's ``DPDataLoader`` samples at q = 1/len(loader);
+    the clipped sum comes from one backward pass; the core adds N(0, σ²C²) and divides by the expected
+    batch qN (:mod:`dpnb.dpsgd`); the caller's optimizer takes the step.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, config: TrainConfig,
+                 *, generator: torch.Generator | None = None) -> None:
+        from opacus.data_loader import DPDataLoader
+
+        from dpnb.bookkeeping import BookKeeping
+
+        self.sample_rate = 1 / len(loader)
+        self.noise_multiplier = _noise_multiplier(config, self.sample_rate)
+        self.loader = DPDataLoader.from_data_loader(loader, generator=generator)
+        self.bk = BookKeeping(model)
+        self.model, self.optimizer, self.config, self.generator = model, optimizer, config, generator
+        self.expected_batch_size = self.sample_rate * len(loader.dataset)  # type: ignore[arg-type]
+        self.steps = 0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """One DP-SGD step on the Poisson batch (x, y); returns the batch's logits (None if empty)."""
+        C = self.config.max_grad_norm
+        sums, _ = self.bk.clipped_sum(x, y, max_grad_norm=C)
+        std = self.noise_multiplier * C
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                p.grad = dpsgd.scale(dpsgd.add_noise(sums[name], std=std, generator=self.generator),
+                                     expected_batch_size=self.expected_batch_size)
+        self.optimizer.step()
+        self.steps += 1
+        return self.bk.last_output
 
 
 def opacus_steps_per_epoch(sample_rate: float) -> int:
@@ -268,8 +311,17 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
     else:
         optimizer = torch.optim.Adam(params, lr=config.lr)
     criterion: Any = nn.CrossEntropyLoss()
-    engine, sigma, sample_rate = None, None, None
-    if config.dp:
+    engine, sigma, sample_rate, bk = None, None, None, None
+    if config.dp and config.grad_sample_mode == "bk":
+        from dpnb.bookkeeping import unsupported
+
+        if problems := unsupported(model):
+            print(f"grad_sample_mode 'bk' cannot handle {problems[0]}; using Opacus's ghost clipping instead")
+            config = replace(config, grad_sample_mode="ghost")
+        else:
+            bk = BookKeepingStep(model, optimizer, loader, config, generator=generator)
+            loader, sigma, sample_rate = bk.loader, bk.noise_multiplier, bk.sample_rate
+    if config.dp and bk is None:
         engine, model, optimizer, criterion, loader, sigma = make_private(
             model, optimizer, criterion, loader, config, generator=generator)
         sample_rate = float(loader.sample_rate)  # the sampler's rate (Opacus's accountant gets 1/len(loader))
@@ -296,6 +348,13 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
                 # mechanism (Opacus adds noise and the accountant counts it), so no skipping.
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
+                if bk is not None:  # book-keeping clipping: no Opacus wrapper
+                    out = bk.step(x, y)
+                    if out is not None and len(y):
+                        tot_loss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+                        correct += int((out.argmax(1) == y).sum())
+                        seen += len(y)
+                    continue
                 if engine is not None and not len(y) and config.grad_sample_mode == "functorch":
                     _empty_step(model, optimizer)  # functorch cannot run an empty batch
                     continue
@@ -309,6 +368,8 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
                     seen += len(y)
         if engine is not None:
             steps = sum(h[2] for h in engine.accountant.history)
+        elif bk is not None:
+            steps = bk.steps
         else:
             steps += len(loader)
         row: dict[str, Any] = dict(epoch=epoch, steps=steps, loss=tot_loss / max(seen, 1),
@@ -316,7 +377,7 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
         if test_set is not None:
             row["test_loss"], row["test_accuracy"] = evaluate(model, test_set, batch_size=config.eval_batch_size,
                                                               device=device)
-        if engine is not None:
+        if engine is not None or bk is not None:
             row.update(dpsgd.epsilons(privacy.SampledGaussianEvent(sigma, sample_rate, steps),  # type: ignore[arg-type]
                                       delta=config.delta))
         row["seconds"] = time.perf_counter() - t0
