@@ -71,19 +71,23 @@ def unsupported(model: nn.Module) -> list[str]:
 
 
 def _linear_terms(a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Squared per-example norms of Σ_t d_t a_tᵀ, and a function of the clip factors giving the clipped sum.
+    """Squared per-example norms of g_i = Σ_t d_it a_itᵀ, and a function of the clip factors giving Σ_i c_i g_i.
 
-    ``a``: (B, T, k), ``d``: (B, T, p). Ghost norm when 2T² < k·p, else the per-example gradients.
+    Channels first: ``a`` is (B, k, T), ``d`` is (B, p, T) (T positions: a sequence, or the output
+    positions of a convolution). Ghost norm when 2T² < k·p (Li et al. 2022), else the per-example
+    gradients, formed once and reused for the sum (Bu et al. 2022's layer-wise choice).
     """
-    B, T, k = a.shape
-    p = d.shape[-1]
+    B, k, T = a.shape
+    p = d.shape[1]
     if T == 1:
-        sq = (a[:, 0] ** 2).sum(1) * (d[:, 0] ** 2).sum(1)
-    elif 2 * T * T < k * p:
-        sq = ((a @ a.transpose(1, 2)) * (d @ d.transpose(1, 2))).sum((1, 2))
-    else:
-        sq = (torch.einsum("btp,btk->bpk", d, a) ** 2).sum((1, 2))
-    return sq, lambda c: torch.einsum("btp,btk->pk", d * c[:, None, None], a)
+        a2, d2 = a[:, :, 0], d[:, :, 0]
+        return (a2 ** 2).sum(1) * (d2 ** 2).sum(1), lambda c: (d2 * c[:, None]).T @ a2
+    if 2 * T * T < k * p:
+        at = a.transpose(1, 2)
+        sq = (torch.bmm(at, a) * torch.bmm(d.transpose(1, 2), d)).sum((1, 2))
+        return sq, lambda c: torch.bmm(d * c[:, None, None], at).sum(0)
+    g = torch.bmm(d, a.transpose(1, 2))  # (B, p, k): the per-example gradients
+    return (g ** 2).sum((1, 2)), lambda c: torch.einsum("b,bpk->pk", c, g)
 
 
 class BookKeeping:
@@ -161,18 +165,19 @@ class BookKeeping:
         out = []
         B = a.shape[0]
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            if isinstance(m, nn.Linear):
-                a3, d3 = a.reshape(B, -1, a.shape[-1]), g.reshape(B, -1, g.shape[-1])
+            if isinstance(m, nn.Linear):  # (B, ..., k) → (B, k, T)
+                a3 = a.reshape(B, -1, a.shape[-1]).transpose(1, 2)
+                d3 = g.reshape(B, -1, g.shape[-1]).transpose(1, 2)
             else:
-                cols = F.unfold(a.contiguous(), m.kernel_size, dilation=m.dilation, padding=m.padding,  # type: ignore[arg-type]
-                                stride=m.stride)
-                a3, d3 = cols.transpose(1, 2), g.flatten(2).transpose(1, 2)
+                a3 = F.unfold(a.contiguous(), m.kernel_size, dilation=m.dilation,  # type: ignore[arg-type]
+                              padding=m.padding, stride=m.stride)  # type: ignore[arg-type]
+                d3 = g.flatten(2)
             if m.weight.requires_grad:
                 sq, make = _linear_terms(a3, d3)
                 out.append(("weight", sq, make))
             if m.bias is not None and m.bias.requires_grad:
-                gb = d3.sum(1)
-                out.append(("bias", (gb ** 2).sum(1), lambda c, gb=gb: (gb * c[:, None]).sum(0)))
+                gb = d3.sum(2)
+                out.append(("bias", (gb ** 2).sum(1), lambda c, gb=gb: c @ gb))
         elif isinstance(m, nn.GroupNorm):
             x_hat = F.group_norm(a, m.num_groups, eps=m.eps)
             if m.weight is not None and m.weight.requires_grad:
