@@ -64,7 +64,7 @@ def test_chapter_rules_take_choices_and_sizes_from_the_modules() -> None:
     namespace: dict[str, Any] = {}
     exec(_cells(next(c for c in book.chapters(ROOT) if c.name == "mnist"))[0], namespace)
     with pytest.raises(ParameterError, match="cost_methods must be one of " + repr(cost.METHODS[0])):
-        chapters.parameters("mnist", dict(namespace, cost_methods=["bk"]))
+        chapters.parameters("mnist", dict(namespace, cost_methods=["jax"]))
     with pytest.raises(ParameterError, match=r"batch_size must be an integer in \[1, 2000\]"):
         chapters.parameters("mnist", dict(namespace, train_limit=2000, batch_size=4096))
     with pytest.raises(ParameterError, match='-y "target_epsilons: '):
