@@ -35,4 +35,5 @@ def test_results_page_lists_every_row_with_its_spread(tmp_path: Path) -> None:
     page = results_page(tmp_path, chapters=[("audit", "Auditing"), ("mnist", "MNIST")])
     assert "## Auditing" in page and "0.5 ± 0.25 (3 seeds)" in page
     assert "## MNIST" not in page  # a chapter without results gets no section
+    assert "No chapter" not in page
     assert "No chapter" in results_page(tmp_path / "empty", chapters=[("mnist", "MNIST")])

@@ -142,32 +142,4 @@ def results_page(results_dir: Path, *, chapters: Sequence[tuple[str, str]]) -> s
         profiles = ", ".join(sorted(part["profile"].astype(str).unique()))
         out.append(f"\n## {title}\n\nProfile: `{profiles}`.\n\n")
         out.append(_table(shown, {c: c for c in shown.columns}))
-    return "".join(out) + "\nNo chapter has been executed in this build.\n"
-    frame = pd.concat(frames, ignore_index=True)
-    if "seeds" not in frame:
-        frame["seeds"], frame["std"] = 1, None
-    frame["seeds"] = frame["seeds"].fillna(1).astype(int)
-    cmp = comparison(frame)
-    if len(cmp):
-        shown = pd.DataFrame({
-            "published": [f"{r.published}: **{r.published_accuracy:.1%}** at ε = {r.published_epsilon}"
-                          for r in cmp.itertuples()],
-            "this book": [f"{r.book} ({r.book_data}; ε = {r.book_epsilon}; {r.seeds} seed{'s' * (r.seeds > 1)}, "
-                          f"{r.profile} profile)" for r in cmp.itertuples()],
-            "accuracy here": cmp["book_accuracy"].map("{:.2%}".format),
-            "gap (points)": cmp["gap"].map("{:+.1f}".format)})
-        out.append("\n## Beside the published figures\n\nThe book's best DP test accuracy on the same dataset, for "
-                   "the same kind of model, at an ε within 25% of the published one. The accountants and the "
-                   "training budgets differ (both are named), so the gap is a measurement of this build, not a "
-                   "verdict on a method.\n\n")
-        out.append(_table(shown, {c: c for c in shown.columns}))
-    for name, title in chapters:
-        part = frame[frame["chapter"] == name]
-        if part.empty:
-            continue
-        part = part.assign(shown=[_value(m, v, s) for m, v, s in zip(part["metric"], part["value"], part["std"])],
-                           eps=[_epsilon(r) for _, r in part.iterrows()])
-        out.append(f"\n## {title}\n\n")
-        out.append(_table(part, dict(experiment="experiment", dataset="data", model="model", metric="metric",
-                                     shown="value", seeds="seeds", eps="ε", profile="profile")))
     return "".join(out)
