@@ -270,6 +270,11 @@ for name, run in scatter_runs.items():
 scatter_table = pd.DataFrame([r.summary() | dict(model=n) for n, r in scatter_runs.items()])
 display(scatter_table[["model", "epochs", "batch_size", "lr", "noise_multiplier", "epsilon_prv", "epsilon_rdp",
                        "test_accuracy", "seconds"]].style.format(precision=3).hide(axis="index"))
+display(Markdown("The `batch_size` column is the batch asked for; under Poisson sampling at the book's rate "
+                 "q = 1/⌈N/B⌉ the expected batch, which ε is computed for, is qN: " + "; ".join(
+                     f"{n}: B = {r.config.batch_size}, q = {r.sample_rate:.4f}, qN = "
+                     f"{r.sample_rate * len(raw['train']):,.0f}"
+                     for n, r in scatter_runs.items()) + "."))
 
 # %%
 fig = plots.training_curves(pd.concat([r.history.assign(run=f"{n}, ε = {r.epsilon['prv']:.2f}")
