@@ -207,3 +207,14 @@ def test_bad_notebook_parameter_fails_in_the_first_cells(tmp_path: Path, chapter
     assert e.value.ename == "ParameterError"
     assert message in e.value.evalue
     assert e.value.cell_index <= 4  # the validation cell, right after the parameters
+
+
+def test_the_opening_sentence_is_not_shown_twice(smoke_build: Path) -> None:
+    """prose.headline stores the sentence for the page's opening and displays nothing where it is called:
+    a returned object at the end of a cell would repeat it, as a stray output, in the middle of the page."""
+    for ch in book.chapters(ROOT):
+        cells = json.loads((smoke_build / "executed" / f"{ch.name}.ipynb").read_text())["cells"]
+        calls = [c for c in cells if c["cell_type"] == "code" and "prose.headline(" in "".join(c["source"])]
+        assert calls, f"{ch.name}: no prose.headline call"
+        for c in calls:
+            assert not [o for o in c.get("outputs", []) if o.get("output_type") == "execute_result"], ch.name

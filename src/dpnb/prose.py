@@ -14,16 +14,16 @@ directive shows as text; the sentence itself is displayed where it was computed.
 
 Example::
 
-    >>> md = headline("demo", "At ε = 1 the model reaches **97%**.", display=False)
-    >>> md.data
+    >>> headline("demo", "At ε = 1 the model reaches **97%**.", display=False)  # returns nothing to display
+    >>> HEADLINES["demo"]
     'At ε = 1 the model reaches **97%**.'
 """
 
 from __future__ import annotations
 
-from typing import Any
+__all__ = ["headline", "glue_name", "HEADLINES"]
 
-__all__ = ["headline", "glue_name"]
+HEADLINES: dict[str, str] = {}  # the last opening sentence stored for each chapter in this process
 
 
 def glue_name(chapter: str) -> str:
@@ -31,14 +31,17 @@ def glue_name(chapter: str) -> str:
     return f"{chapter}-headline"
 
 
-def headline(chapter: str, text: str, *, display: bool = True) -> Any:
-    """Store ``text`` (Markdown) for the opening of ``chapter``'s page and return it as Markdown.
+def headline(chapter: str, text: str, *, display: bool = True) -> None:
+    """Store ``text`` (Markdown) for the opening of ``chapter``'s page.
 
-    With ``display`` (in a notebook), the text is also shown where it was computed.
+    With ``display`` (in a notebook), the text is also shown where it was computed. It returns
+    ``None``, so that a call that ends a cell shows nothing more (a returned object would be
+    displayed by Jupyter a second time).
     """
     from IPython.display import Markdown
     from IPython.display import display as show
 
+    HEADLINES[chapter] = text
     md = Markdown(text)
     try:
         from myst_nb import glue
@@ -48,7 +51,6 @@ def headline(chapter: str, text: str, *, display: bool = True) -> Any:
         glue(glue_name(chapter), md, display=False)
     if display and _in_kernel():
         show(md)
-    return md
 
 
 def _in_kernel() -> bool:
