@@ -50,6 +50,7 @@ from torch import nn
 from dpnb import privacy
 from dpnb.dpsgd import DPSGD, add_noise, scale
 from dpnb.params import ParameterError, check_choice, check_int, check_number
+from dpnb.search import largest
 
 __all__ = ["dp_tpr_bound", "roc", "auc", "tpr_at_fpr", "loss_scores", "logit_confidence", "lira_scores",
            "reference_splits", "p_value", "epsilon_lower_bound", "one_run_audit", "AuditResult", "BUGS", "CANARIES",
@@ -221,8 +222,8 @@ def epsilon_lower_bound(*, canaries: int, guesses: int, correct: int, delta: flo
                         confidence: float = 0.95, epsilon_max: float = 100.0) -> float:
     """The largest ε whose :func:`p_value` is below ``1 - confidence``: the audit's lower bound.
 
-    Found by doubling, then bisection to 1e-6 (the p-value grows with ε). 0 when even ε = 0 cannot
-    be rejected. Agrees with privacy meter's ``get_eps_audit`` (tests/test_audit.py).
+    Found by doubling, then bisection to 1e-6 (:func:`dpnb.search.largest`; the p-value grows with
+    ε). 0 when even ε = 0 cannot be rejected. Agrees with privacy meter's ``get_eps_audit`` (tests/test_audit.py).
 
         >>> round(epsilon_lower_bound(canaries=1000, guesses=100, correct=90, delta=1e-5), 2)
         1.63
@@ -235,15 +236,7 @@ def epsilon_lower_bound(*, canaries: int, guesses: int, correct: int, delta: flo
 
     if not rejected(0.0):
         return 0.0
-    lo, hi = 0.0, 1.0
-    while rejected(hi):
-        lo, hi = hi, 2 * hi
-        if hi > epsilon_max:
-            return epsilon_max
-    while hi - lo > 1e-6:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if rejected(mid) else (lo, mid)
-    return lo
+    return largest(rejected, low=0.0, first=1.0, limit=epsilon_max, tolerance=1e-6)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import Literal
 from dpnb.params import ParameterError, check_choice, check_number
 from dpnb.privacy import prv, rdp
 from dpnb.privacy.events import SampledGaussianEvent
+from dpnb.search import largest
 
 __all__ = ["ACCOUNTANTS", "Accountant", "UnsupportedEvent", "epsilon", "label",
            "calibrate_noise_multiplier", "steps_within", "prv_eps_error", "SIGMA_MAX"]
@@ -172,7 +173,7 @@ def steps_within(event: SampledGaussianEvent, *, target_epsilon: float, delta: f
     """The most steps of ``event``'s mechanism (σ, q, sampling, adjacency; its own ``steps`` ignored)
     whose ε stays within ``target_epsilon``: 0 when even one step exceeds it, ``steps_max`` at most.
 
-    ε grows with the number of steps, so bisection on it is exact.
+    ε grows with the number of steps, so bisection on it is exact (:func:`dpnb.search.largest`).
 
         >>> run = SampledGaussianEvent(noise_multiplier=1.1, sample_rate=256 / 60_000, steps=1)
         >>> t = steps_within(run, target_epsilon=2.6, delta=1e-5)
@@ -186,20 +187,7 @@ def steps_within(event: SampledGaussianEvent, *, target_epsilon: float, delta: f
 
     if not within(1):
         return 0
-    lo, hi = 1, 2
-    while within(hi):
-        lo, hi = hi, 2 * hi
-        if hi > steps_max:
-            return steps_max if within(steps_max) else _bisect(within, lo, steps_max)
-    return _bisect(within, lo, hi)
-
-
-def _bisect(within: Callable[[int], bool], lo: int, hi: int) -> int:
-    """The largest t in [lo, hi) with within(t), given within(lo) and not within(hi)."""
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if within(mid) else (lo, mid)
-    return lo
+    return int(largest(within, low=1, first=2, limit=steps_max, tolerance=1, integer=True))  # type: ignore[arg-type]
 
 
 def prv_eps_error(target_epsilon: float) -> float:
