@@ -74,7 +74,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from dpnb import audit, data, dpsgd, plots, privacy, prose
+from dpnb import audit, data, dpsgd, plots, prose
 from dpnb.progress import progress
 from dpnb.published import published_audits
 from dpnb.results import Results
@@ -186,9 +186,7 @@ for r in summary.itertuples():
                     seeds=r.targets, std=std)
 
 
-def pm(mean: float, std: float, fmt: str) -> str:
-    """'mean ± std' (just the mean for one run)."""
-    return format(mean, fmt) + ("" if pd.isna(std) else f" ± {format(std, fmt)}")
+pm = prose.mean_std  # "mean ± std", just the mean for a single run
 
 
 display(pd.DataFrame({
@@ -281,20 +279,9 @@ display(Markdown(
 # which canaries were included than the ones below.
 
 # %%
-x_audit = x_all[data.seeded_indices(len(y_all), settings.audit_train_size, seed=settings.seed + 1)]
-y_audit = y_all[data.seeded_indices(len(y_all), settings.audit_train_size, seed=settings.seed + 1)]
-rate, steps_per_epoch = dpsgd.poisson_rate(dataset_size=settings.audit_train_size + settings.canaries,
-                                           batch_size=settings.audit_batch_size)
-plan = privacy.SampledGaussianEvent(None, rate, settings.audit_epochs * steps_per_epoch)
-sigmas = {e: privacy.calibrate_noise_multiplier(plan, target_epsilon=e, delta=settings.delta,
-                                                accountant=settings.accountant) for e in settings.audit_epsilons}
-runs = [(e, kind, bug, s) for e in settings.audit_epsilons for kind in audit.CANARIES
-        for bug in ("none", *settings.bugs) for s in settings.seeds]
-audit_rows = [audit.canary_audit(x_audit, y_audit, settings=settings, kind=kind, noise_multiplier=sigmas[e], bug=bug,
-                                 seed=s) for e, kind, bug, s in progress(runs, desc="audited runs")]
-audits = pd.DataFrame(audit_rows)
-audits["run"] = audits["bug"].map(lambda b: "correct" if b == "none" else f"bug: {b}")
-audits["caught"] = audits["epsilon_lower_bound"] > audits["epsilon"]
+audit_rows = data.seeded_indices(len(y_all), settings.audit_train_size, seed=settings.seed + 1)
+audits, plan = audit.canary_audits(x_all[audit_rows], y_all[audit_rows], settings=settings)
+rate = plan.sample_rate
 print(f"{len(audits)} runs of {plan.steps} steps at sampling rate {rate:.4f}; "
       f"{audits['seconds'].sum():.0f} s of training in all")
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import stats
 from torch import nn
@@ -55,7 +56,7 @@ from dpnb.search import largest
 __all__ = ["dp_tpr_bound", "roc", "auc", "tpr_at_fpr", "loss_scores", "logit_confidence", "lira_scores",
            "reference_splits", "p_value", "epsilon_lower_bound", "one_run_audit", "AuditResult", "BUGS", "CANARIES",
            "CanaryRun", "train_small", "dirac_coordinates", "input_canaries", "frame_pixels",
-           "Settings", "membership_inference", "canary_audit"]
+           "Settings", "membership_inference", "canary_audit", "canary_audits"]
 
 BUGS = ("none", "no-noise", "no-clipping")
 CANARIES = ("gradient", "input")
@@ -599,3 +600,32 @@ def canary_audit(x: torch.Tensor, y: torch.Tensor, *, settings: Settings, kind: 
     result = one_run_audit(scores, included, delta=s.delta, confidence=s.confidence)
     return dict(canary=kind, bug=bug, seed=seed, noise_multiplier=noise_multiplier, epsilon=run.epsilon,
                 steps=run.steps, seconds=run.seconds, **result.row())
+
+
+def canary_audits(x: torch.Tensor, y: torch.Tensor, *, settings: Settings, num_classes: int = 10,
+                  progress: bool = True) -> tuple[pd.DataFrame, privacy.SampledGaussianEvent]:
+    """Every audited run of the chapter: each ε of ``audit_epsilons`` × canary kind × (correct run and each
+    of ``bugs``) × seed, by :func:`canary_audit`, with one σ per ε calibrated for the planned steps.
+
+    Returns (one row per run, with ``run`` the label "correct" or "bug: ...", and ``caught`` whether its
+    lower bound exceeds the ε it claims; the plan: sampling rate and steps, σ unset). The sampling rate
+    counts the real examples and every canary slot, as :func:`train_small` does.
+    """
+    from dpnb.dpsgd import poisson_rate
+    from dpnb.progress import progress as bar
+
+    s = settings
+    rate, steps_per_epoch = poisson_rate(dataset_size=len(x) + s.canaries, batch_size=s.audit_batch_size)
+    plan = privacy.SampledGaussianEvent(None, rate, s.audit_epochs * steps_per_epoch)
+    sigmas = {e: privacy.calibrate_noise_multiplier(plan, target_epsilon=e, delta=s.delta,
+                                                    accountant=s.accountant)  # type: ignore[arg-type]
+              for e in s.audit_epsilons}
+    grid = [(e, kind, bug, seed) for e in s.audit_epsilons for kind in CANARIES for bug in ("none", *s.bugs)
+            for seed in s.seeds]
+    rows = [canary_audit(x, y, settings=s, kind=kind, noise_multiplier=sigmas[e], bug=bug, seed=seed,
+                         num_classes=num_classes) for e, kind, bug, seed in bar(grid, desc="audited runs",
+                                                                                   enable=progress)]
+    df = pd.DataFrame(rows)
+    df["run"] = df["bug"].map(lambda b: "correct" if b == "none" else f"bug: {b}")
+    df["caught"] = df["epsilon_lower_bound"] > df["epsilon"]
+    return df, plan

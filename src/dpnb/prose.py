@@ -21,9 +21,19 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["headline", "glue_name", "HEADLINES"]
+__all__ = ["headline", "glue_name", "HEADLINES", "mean_std"]
 
 HEADLINES: dict[str, str] = {}  # the last opening sentence stored for each chapter in this process
+
+
+def mean_std(mean: float, std: float | None, fmt: str) -> str:
+    """``'mean ± std'`` in format ``fmt``; just the mean when ``std`` is missing (a single run).
+
+        >>> mean_std(0.689, 0.0052, ".3f"), mean_std(0.97, None, ".1%")
+        ('0.689 ± 0.005', '97.0%')
+    """
+    missing = std is None or std != std  # None or NaN
+    return format(mean, fmt) + ("" if missing else f" ± {format(std, fmt)}")
 
 
 def glue_name(chapter: str) -> str:

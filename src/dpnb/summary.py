@@ -35,11 +35,11 @@ DATASETS = {"MNIST": "mnist", "CIFAR-10": "cifar10"}  # the published() key of a
 
 
 def _value(metric: str, value: float, std: float | None) -> str:
-    pct = "accuracy" in metric or metric.startswith("tpr")
-    fmt = (lambda v: f"{v:.2%}") if pct else (lambda v: f"{v:.4g}")
+    from dpnb.prose import mean_std
+
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return fmt(value) + ("" if std is None or pd.isna(std) else f" ± {fmt(std)}")
+    return mean_std(value, std, ".2%" if "accuracy" in metric or metric.startswith("tpr") else ".4g")
 
 
 def _epsilon(row: pd.Series) -> str:
