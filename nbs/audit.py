@@ -392,13 +392,14 @@ prose.headline("audit", f"{bug_text}{correct_text} (largest bound **{best_correc
 # %%
 ours = table[table["run"].isin(["correct", "bug: no-noise"])].drop_duplicates(["canary", "run", "epsilon"])
 ours = ours[(ours["run"] == "correct") | ~ours.duplicated(["canary", "run"])].assign(
-    source="this book", cite="", model="MNIST linear", dp=lambda d: d["run"] == "correct",
+    source="this book", cite="", model="MNIST linear", delta=settings.delta, dp=lambda d: d["run"] == "correct",
     canaries=lambda d: d["canary"] + " (" + d["run"] + ")",
     accountant=lambda d: d["run"].map(lambda r: label if r == "correct" else ""),
     epsilon=lambda d: d["epsilon"].where(d["run"] == "correct"))
 comparison = pd.concat([published_audits(), ours.rename(columns={"lower_bound": "epsilon_lower_bound"})])
-display(comparison[["source", "model", "canaries", "dp", "epsilon", "accountant", "epsilon_lower_bound"]]
-        .style.format({"epsilon": "{:.2f}", "epsilon_lower_bound": "{:.3f}"}, na_rep="").hide(axis="index"))
+display(comparison[["source", "model", "canaries", "dp", "epsilon", "delta", "accountant", "epsilon_lower_bound"]]
+        .style.format({"epsilon": "{:.2f}", "delta": "{:g}", "epsilon_lower_bound": "{:.3f}"}, na_rep="")
+        .hide(axis="index"))
 
 # %%
 path = results.save(membership=mia, membership_roc=mia_roc, canaries=audits)

@@ -392,6 +392,7 @@ schemes["ε (add/remove)"] = schemes["epsilon"].where(schemes["adjacency"] == "a
 schemes["ε (replace-one)"] = schemes["epsilon"].where(schemes["adjacency"] == "replace-one")
 display(schemes[["sampling", "adjacency", "accountant", "ε (add/remove)", "ε (replace-one)", "note"]]
         .style.format({"ε (add/remove)": "{:.3f}", "ε (replace-one)": "{:.3f}"}, na_rep="").hide(axis="index"))
+display(Markdown(f"All at δ = {delta:g}, for q = {sample_rate:.4g}, σ = {noise_multiplier:g} and T = {steps} steps."))
 
 # %% [markdown]
 # The shards analysis (the `rdp-wbk` row) uses Mironov's conversion, as GS-WGAN's accountant does;
