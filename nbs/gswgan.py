@@ -249,7 +249,7 @@ plots.caption(f"GS-WGAN generator scores (δ = {delta:g}; ε by the WBK bound: s
 # small fraction of that on a CPU.
 
 # %%
-paper_scores = published_generators().set_index("source").loc["GS-WGAN"].to_dict()
+paper_scores = published_generators().query("source == 'GS-WGAN'").iloc[0].to_dict()  # Table 1
 dp_row = scores.iloc[0]
 dp_history = history[history["label"] == dp_row["label"]]
 display(Markdown(

@@ -34,8 +34,9 @@ def test_results_csv_is_tidy(smoke_build: Path) -> None:
         assert (df["chapter"] == ch.name).all() and (df["profile"] == "smoke").all()
         with_eps = df[df["epsilon"].notna()]
         assert with_eps["delta"].notna().all(), "an epsilon without its delta"
-        # the accountant and its sampling assumption (Poisson, or GS-WGAN's sampling without replacement)
-        sampling = with_eps["accountant"].fillna("").str.contains("Poisson|without replacement")
+        # the accountant and its sampling assumption (Poisson, GS-WGAN's sampling without replacement, or none:
+        # a one-shot release of the whole data)
+        sampling = with_eps["accountant"].fillna("").str.contains("Poisson|without replacement|no sampling")
         assert sampling.all(), "epsilon without accountant"
         private_utility = df[df["dp"] & df["metric"].str.contains("accuracy|epsilon|noise")]
         assert private_utility["epsilon"].notna().all(), "a private result without its epsilon"
@@ -195,6 +196,8 @@ def test_chapter_opens_from_disk(smoke_build: Path) -> None:
     ("dpgan", {"epsilons": [10.0, 0]}, "epsilons must be > 0, got 0"),
     ("gswgan", {"num_discriminators": 1}, "num_discriminators must be an integer in [2, 30000], got 1"),
     ("gswgan", {"fid_features": "vgg"}, "fid_features must be one of"),
+    ("latent", {"clip_quantile": 1.5}, "clip_quantile must be"),
+    ("latent", {"fashion_autoencoder": "vae"}, "fashion_autoencoder must be one of"),
 ])
 def test_bad_notebook_parameter_fails_in_the_first_cells(tmp_path: Path, chapter: str, parameters: dict,
                                                          message: str) -> None:

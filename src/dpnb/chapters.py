@@ -74,11 +74,15 @@ RULES: dict[str, dict[str, Rule]] = {
         train_limit=Maybe(Int(100, MNIST)), epochs=Int(1),
         batch_size=Int(1, high=lambda p: p["train_limit"] or MNIST), learning_rate=Positive(),
         momentum=Number(0, 1, open="high"), max_grad_norm=Positive(), delta=PROBABILITY,
-        target_epsilons=Each(Positive()), accountant=Choice(privacy.ACCOUNTANTS),
+        target_epsilons=Each(Positive()), headline_epsilon=Positive(), seeds=Each(Int(0)),
+        epochs_study=Each(Int(1, 1000)), validation_size=Int(100, high=lambda p: (p["train_limit"] or MNIST) // 2),
+        accountant=Choice(privacy.ACCOUNTANTS),
         grad_sample_mode=Choice(train.GRAD_SAMPLE_MODES), baseline_epochs=Int(1),
         baseline_batch_size=Int(1, high=lambda p: p["train_limit"] or MNIST), baseline_learning_rate=Positive(),
-        sweep_epsilon=Positive(), sweep_epochs=Int(1), sweep_limit=Int(100, high=lambda p: p["train_limit"] or MNIST),
-        sweep_max_grad_norms=Each(Positive()), sweep_batch_sizes=Each(Int(1, high=lambda p: p["sweep_limit"])),
+        sweep_epsilon=Positive(), sweep_epochs=Int(1),
+        sweep_limit=Int(100, high=lambda p: (p["train_limit"] or MNIST) - p["validation_size"]),
+        sweep_max_grad_norms=Each(Positive()), sweep_learning_rates=Each(Positive()),
+        sweep_batch_sizes=Each(Int(1, high=lambda p: p["sweep_limit"])),
         cost_batch_sizes=Each(Int(1, high=lambda p: p["train_limit"] or MNIST)),
         cost_methods=Each(Choice(cost.METHODS)), cost_examples=Maybe(Int(1)), device=Device(), seed=Int(0),
         profile=Choice(PROFILES)),
@@ -111,7 +115,9 @@ RULES: dict[str, dict[str, Rule]] = {
         limit=Maybe(Int(200, MNIST)), loss=Choice(gan.LOSSES), steps=Int(1),
         batch_size=Int(1, high=lambda p: p["limit"] or MNIST), epsilons=Each(Positive()),
         variants=Each(Choice(gan.LOSSES)), variant_epsilon=Positive(), variant_steps=Int(1),
-        nonprivate_steps=Int(1), max_grad_norm=Positive(), delta=PROBABILITY, lr_d=Positive(), lr_g=Positive(),
+        n_critic=Int(1, high=lambda p: min(p["steps"], p["variant_steps"])),
+        critic_sweep=Each(Int(1, high=lambda p: p["steps"])), nonprivate_steps=Int(1), max_grad_norm=Positive(),
+        delta=PROBABILITY, lr_d=Positive(), lr_g=Positive(),
         width=Int(4, 256), z_dim=Int(1, 1024), **_evaluation(), seed=Int(0), device=Device(),
         profile=Choice(PROFILES)),
     "gswgan": dict(
@@ -121,6 +127,18 @@ RULES: dict[str, dict[str, Rule]] = {
         noise_multiplier=Maybe(Positive()), target_epsilon=Unless("noise_multiplier", Positive()),
         max_grad_norm=Positive(), delta=PROBABILITY, lr=Positive(), width=Int(4, 256), z_dim=Int(1, 1024),
         nonprivate=Flag(), **_evaluation(), seed=Int(0), device=Device(), profile=Choice(PROFILES)),
+    "latent": dict(
+        limit=Maybe(Int(1000, MNIST)), split_seed=Int(0), autoencoder_epochs=Int(1), autoencoder_lr=Positive(),
+        fashion_autoencoder=Choice(["conv", "mlp"]), fashion_epochs=Int(1), inversion_steps=Int(1),
+        inversion_lr=Positive(), epsilons=Each(Positive()), delta=PROBABILITY, even_delta=PROBABILITY,
+        clip_quantile=Number(0, 1, open="low"), components=Int(1, 64), lloyd_iterations=Int(1, 100),
+        vae_epochs=Int(1), vae_batch_size=Int(1, 10_000), vae_lr=Positive(), vae_max_grad_norm=Positive(),
+        gswgan_discriminators=Int(2, 10_000), gswgan_pretrain_steps=Int(0), gswgan_iterations=Int(1),
+        gswgan_critic_iters=Int(1), gswgan_batch_size=Int(1, 1000), gswgan_lr=Positive(),
+        merf_features=Int(2, 100_000), merf_lengthscale=Positive(), merf_latent_lengthscale=Positive(),
+        merf_steps=Int(1), samples_per_class=Int(10, 10_000), seeds=Each(Int(0)), fid_features=Choice(
+            metrics.FID_FEATURES), judge_epochs=Int(1), downstream_models=Each(Choice(metrics.DOWNSTREAM_MODELS)),
+        downstream_cnn_epochs=Int(1), profile=Choice(PROFILES)),
 }
 
 

@@ -103,9 +103,59 @@ class Discriminator(nn.Module):
         return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)
 
 
+class LatentGenerator(nn.Module):
+    """Class-conditional MLP generator of ``out_dim``-dimensional latent codes (no output squashing).
+
+    For generators trained in the latent space of a public autoencoder (:mod:`dpnb.latent`): the
+    public decoder turns its codes into images. (z, label embedding) -> two hidden layers -> code.
+    """
+
+    def __init__(self, *, z_dim: int = 32, num_classes: int = 10, width: int = 128, out_dim: int = 64) -> None:
+        super().__init__()
+        self.z_dim, self.num_classes = z_dim, num_classes
+        self.embed = nn.Embedding(num_classes, z_dim)
+        self.net = nn.Sequential(nn.Linear(2 * z_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
+                                 nn.LeakyReLU(0.2), nn.Linear(width, out_dim))
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, self.embed(y)], 1))
+
+
+class LatentDiscriminator(nn.Module):
+    """Projection discriminator on ``in_dim``-dimensional codes: the MLP twin of :class:`Discriminator`."""
+
+    def __init__(self, *, num_classes: int = 10, width: int = 128, in_dim: int = 64) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(in_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
+                                      nn.LeakyReLU(0.2))
+        self.out = nn.Linear(width, 1)
+        self.embed = nn.Embedding(num_classes, width)
+        nn.init.normal_(self.embed.weight, std=0.01)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)
+
+
+def make_generator(*, z_dim: int, num_classes: int, width: int, latent_dim: int | None = None) -> nn.Module:
+    """The image generator (28x28 in [0, 1]) or, with ``latent_dim``, the latent :class:`LatentGenerator`."""
+    if latent_dim is None:
+        return Generator(z_dim=z_dim, num_classes=num_classes, width=width)
+    return LatentGenerator(z_dim=z_dim, num_classes=num_classes, width=width,
+                           out_dim=check_int("latent_dim", latent_dim, low=1))
+
+
+def make_discriminator(*, num_classes: int, width: int, latent_dim: int | None = None) -> nn.Module:
+    """The image discriminator or, with ``latent_dim``, the latent :class:`LatentDiscriminator`."""
+    if latent_dim is None:
+        return Discriminator(num_classes=num_classes, width=width)
+    return LatentDiscriminator(num_classes=num_classes, width=width, in_dim=check_int("latent_dim", latent_dim, low=1))
+
+
 def pair_loss(D: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
               fake: torch.Tensor, t: torch.Tensor, *, loss: str, gp_weight: float = 10.0) -> torch.Tensor:
-    """Discriminator loss of one (real, fake) pair, unbatched: ``x`` and ``fake`` are (C, H, W), ``y`` a scalar.
+    """Discriminator loss of one (real, fake) pair, unbatched: ``x`` and ``fake`` are (C, H, W) images or
+    (d,) codes, ``y`` a scalar.
 
     See the module docstring for the three losses; ``t`` in [0, 1] places the gradient-penalty point.
     """

@@ -52,7 +52,7 @@ from torch.utils.data import TensorDataset
 
 from dpnb import dpsgd, privacy
 from dpnb.devices import select_device
-from dpnb.gan import Discriminator, Generator, pair_loss
+from dpnb.gan import make_discriminator, make_generator, pair_loss
 from dpnb.layers import EMA
 from dpnb.params import ParameterError, check_budget, check_int, check_number
 
@@ -149,6 +149,7 @@ class GSWGANConfig:
     width: int = 32
     ema_decay: float = 0.99  # paper: 0.999 over 20,000 iterations
     num_classes: int = 10  # public metadata of the dataset (dpnb.data.NUM_CLASSES), never read off the labels
+    latent_dim: int | None = None  # None: 28x28 images; d: codes of a public autoencoder (dpnb.latent), MLP nets
     seed: int = 0
     log_every: int = 50
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
@@ -156,6 +157,8 @@ class GSWGANConfig:
     def validated(self, dataset_size: int) -> "GSWGANConfig":
         K = check_int("num_discriminators", self.num_discriminators, low=2, high=dataset_size // 2)
         check_int("num_classes", self.num_classes, low=2)
+        if self.latent_dim is not None:
+            check_int("latent_dim", self.latent_dim, low=1)
         check_int("pretrain_steps", self.pretrain_steps, low=0)
         check_int("iterations", self.iterations, low=1)
         check_int("critic_iters", self.critic_iters, low=1)
@@ -200,7 +203,7 @@ def _critic_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x: torc
 
     with torch.no_grad():
         fake = G(torch.randn(len(y), config.z_dim, generator=generator).to(y.device), y)
-    t = torch.rand(len(y), 1, 1, 1, generator=generator).to(y.device)
+    t = torch.rand(len(y), *([1] * (x.dim() - 1)), generator=generator).to(y.device)
     params = dict(D.named_parameters())
     losses = vmap(lambda *a: pair_loss(D, params, *a, loss="wgan-gp", gp_weight=config.gp_weight))(x, y, fake, t)
     opt.zero_grad(set_to_none=True)
@@ -238,8 +241,9 @@ def pretrain_discriminators(data: TensorDataset, config: GSWGANConfig, *, progre
     discriminators = []
     for k in progress_bar(range(K), desc="warm start", enable=progress, mininterval=5):
         torch.manual_seed(config.seed * 100_003 + k)
-        D = Discriminator(num_classes=num_classes, width=config.width).to(device)
-        G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
+        D = make_discriminator(num_classes=num_classes, width=config.width, latent_dim=config.latent_dim).to(device)
+        G = make_generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width,
+                           latent_dim=config.latent_dim).to(device)
         lr = config.lr if config.pretrain_lr is None else config.pretrain_lr
         opt_d, opt_g = _adam(D.parameters(), lr), _adam(G.parameters(), lr)
         for step in range(1, config.pretrain_steps + 1):
@@ -282,7 +286,8 @@ def train_gswgan(data: TensorDataset, config: GSWGANConfig, *, progress: bool = 
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed + 1)
     num_classes = config.num_classes
-    G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
+    G = make_generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width,
+                       latent_dim=config.latent_dim).to(device)
     ema = EMA(G, decay=config.ema_decay)
     opt_g = _adam(G.parameters(), config.lr)
     opt_d = [_adam(D.parameters(), config.lr) for D in discriminators]
