@@ -124,11 +124,12 @@ def privacy_utility(df: pd.DataFrame, *, published: pd.DataFrame | None = None,
     return fig
 
 
-def sweep(df: pd.DataFrame, *, x: str, hue: str, epsilon: float, delta: float, xlabel: str) -> Figure:
-    """Test accuracy against one hyper-parameter (log x), one line per value of another, at fixed ε."""
+def sweep(df: pd.DataFrame, *, x: str, hue: str, epsilon: float, delta: float, xlabel: str,
+          y: str = "test_accuracy") -> Figure:
+    """Accuracy (column ``y``) against one hyper-parameter (log x), one line per value of another, at fixed ε."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    sns.lineplot(data=df, x=x, y="test_accuracy", hue=hue, marker="o", palette="viridis", ax=ax)
-    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy",
+    sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", palette="viridis", ax=ax)
+    ax.set(xscale="log", xlabel=xlabel, ylabel=y.replace("_", " "),
            title=f"Effect of {xlabel.split(' (')[0]} at ε = {epsilon:g} (δ = {delta:g})")
     _log_ticks(ax, df[x])
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
