@@ -293,13 +293,15 @@ display(Markdown(
     f"**{scatter_runs['ScatterNet + CNN'].test_accuracy:.1%}** after {cnn_cfg.epochs} epochs (published: 69.3% "
     "after a longer schedule)."))
 
-# %% [markdown]
-# Two differences from the published setting remain. The offline copy of CIFAR-10 used here stores
-# every image as JPEG (quality 75, 4:2:0 chroma; 5.8/255 mean absolute error per value against
-# the original pixels, see the data README), which blurs the fine texture and colour detail that
-# scattering coefficients measure; how many points that costs cannot be measured offline, where
-# the original pixels are not available. And the published numbers are the best of a larger
-# hyper-parameter grid, accounted with RDP (a larger σ than PRV gives for the same ε).
+# %%
+storage = data.cifar10_storage()
+display(Markdown(
+    f"Two differences from the published setting remain. The CIFAR-10 images of this build are {storage}"
+    + (": compression blurs the fine texture and colour detail that scattering coefficients measure, and the "
+       "published numbers use the original pixels; what that costs is not measured here. " if "JPEG" in storage
+       else ". ")
+    + "And the published numbers are the best of a larger hyper-parameter grid, accounted with RDP (a larger σ "
+    "than PRV gives for the same ε)."))
 
 # %% [markdown]
 # ## 4. Scale: augmentation multiplicity, parameter averaging, weight standardisation

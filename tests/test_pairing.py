@@ -62,3 +62,16 @@ def test_no_result_is_typed_into_the_prose_of_a_chapter() -> None:
                 found += [f"{chapter.name} cell {i}: {m.group(0)!r} in {line.strip()[:80]!r}"
                           for line in "".join(cell["source"]).splitlines() for m in typed.finditer(line)]
     assert not found, "\n".join(found)
+
+
+def test_no_chapter_talks_about_this_machine_s_copy_of_the_data() -> None:
+    """Readers see the book built anywhere: the text says what the data are (computed, e.g.
+    ``dpnb.data.cifar10_storage``), never "the offline copy" or a data README of one machine."""
+    from dpnb import book
+
+    found = []
+    for chapter in book.chapters(ROOT):
+        text = chapter.source(ROOT).read_text().lower()
+        found += [f"{chapter.name}: {phrase!r}" for phrase in ("offline copy", "data readme", "offline,")
+                  if phrase in text]
+    assert not found, found

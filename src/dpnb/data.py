@@ -122,6 +122,25 @@ def _cifar10(base: Path, split: str, transform: Callable[[Any], Any] | None, dow
     return datasets.CIFAR10(str(base), train=split == "train", transform=transform, download=download)
 
 
+def cifar10_storage(*, root: str | os.PathLike[str] | None = None) -> str:
+    """How the CIFAR-10 images that :func:`load_dataset` reads are stored, as a phrase for the chapter's text.
+
+    The torchvision copy holds the original pixels; an image-folder copy is read from its files: for JPEG
+    files, the chroma subsampling PIL reports for the first training image.
+    """
+    folder = data_root(root) / "cifar10" / "train"
+    if not folder.is_dir():
+        return "the original CIFAR-10 pixels (torchvision's copy)"
+    first = next(p for c in sorted(folder.iterdir()) if c.is_dir() for p in sorted(c.iterdir()))
+    from PIL import Image, JpegImagePlugin
+
+    with Image.open(first) as im:
+        if im.format != "JPEG":
+            return f"{im.format} files"
+        sampling = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}.get(JpegImagePlugin.get_sampling(im), "unknown")
+    return f"JPEG files (lossy, chroma subsampling {sampling}), not the original pixels"
+
+
 def targets(ds: Dataset) -> torch.Tensor:
     """Labels of a dataset from :func:`load_dataset` (or a subset of one), without decoding images."""
     if isinstance(ds, Subset):
