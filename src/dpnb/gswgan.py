@@ -401,3 +401,34 @@ def accounting_row(*, setting: str, num_discriminators: int, noise_multiplier: f
                 compositions=batch_size * iterations, delta=delta, epsilon_wbk_replace_one=e["wbk"],
                 epsilon_poisson_add_remove=e["rdp_poisson"],
                 epsilon_one_discriminator_per_batch=batch_mechanism_epsilon(**kw))  # type: ignore[arg-type]
+
+
+def conversions(*, noise_multiplier: float, num_discriminators: int, batch_size: int, iterations: int,
+                delta: float) -> pd.DataFrame:
+    """ε of GS-WGAN's ``batch_size * iterations`` compositions under two analyses and two conversions.
+
+    The paper's ε ≈ 10 and the Poisson figure differ in two things at once: the analysis (shards
+    without replacement under replace-one, Wang et al. 2019, Thm. 9; or Poisson sampling under
+    add/remove, Mironov et al. 2019) and the RDP-to-(ε, δ) conversion (Mironov 2017, Prop. 3, which
+    the paper's autodp uses; or Balle et al. 2020, Thm. 21, which Opacus uses). Both curves here are
+    evaluated on the same integer orders 2..256, so each column changes one thing only.
+
+        >>> t = conversions(noise_multiplier=1.07, num_discriminators=1000, batch_size=32, iterations=20_000,
+        ...                 delta=1e-5)
+        >>> round(float(t.loc[("shards without replacement, replace-one", "mironov"), "epsilon"]), 2)
+        9.99
+    """
+    q = 1 / check_int("num_discriminators", num_discriminators, low=2)
+    steps = check_int("batch_size", batch_size, low=1) * check_int("iterations", iterations, low=1)
+    orders = privacy.WBK_ORDERS
+    curves = {
+        "shards without replacement, replace-one": steps * privacy.wbk_subsampled_gaussian_rdp(
+            noise_multiplier=noise_multiplier, sample_rate=q, orders=orders),
+        "Poisson sampling, add/remove": steps * privacy.sgm_rdp(noise_multiplier=noise_multiplier, sample_rate=q,
+                                                                orders=[float(a) for a in orders]),
+    }
+    rows = [dict(analysis=name, conversion=conv,
+                 epsilon=privacy.rdp_to_epsilon(rdp=curve, orders=[float(a) for a in orders], delta=delta,
+                                                conversion=conv)[0])
+            for name, curve in curves.items() for conv in ("mironov", "balle")]
+    return pd.DataFrame(rows).set_index(["analysis", "conversion"])
