@@ -302,3 +302,18 @@ def test_warm_start_gradient_norms_probe_the_first_shards(mnist01: tuple[TensorD
                                              clip_bound=1.0)]
     with pytest.raises(ParameterError, match="discriminators"):
         gswgan.warm_start_gradient_norms(train, cfg, learning_rates=[1e-3], x=x, y=y, discriminators=5)
+
+
+def test_gswgan_conversions_change_one_thing_at_a_time() -> None:
+    t = gswgan.conversions(noise_multiplier=1.07, num_discriminators=1000, batch_size=32, iterations=20_000,
+                           delta=1e-5)["epsilon"]
+    sh, po = "shards without replacement, replace-one", "Poisson sampling, add/remove"
+    for analysis in (sh, po):  # Balle et al.'s conversion is never looser than Mironov's on the same curve
+        assert t[(analysis, "balle")] <= t[(analysis, "mironov")]
+    for conv in ("mironov", "balle"):  # the Poisson add/remove analysis is the smaller, under either conversion
+        assert t[(po, conv)] < t[(sh, conv)]
+    # the paper's number, and the Poisson one as the budget chapter's accountant computes it
+    assert t[(sh, "mironov")] == pytest.approx(gswgan.epsilon(noise_multiplier=1.07, num_discriminators=1000,
+                                                              batch_size=32, iterations=20_000,
+                                                              delta=1e-5)["wbk"], rel=1e-9)
+    assert t[(po, "balle")] == pytest.approx(4.46, abs=0.02)
