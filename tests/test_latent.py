@@ -201,3 +201,16 @@ def test_dp_vae_clips_each_example_gradient() -> None:
         model.zero_grad()
         model.loss(u[i:i + 1], y[i:i + 1], e[i:i + 1]).sum().backward()
         assert torch.allclose(per[k][i], p.grad, atol=1e-5)
+
+
+def test_dp_gan_runs_on_codes_with_the_latent_networks() -> None:
+    from dpnb import gan
+
+    u = latent.CodeScale.fit(torch.randn(200, 8)).apply(torch.randn(300, 8))
+    y = torch.arange(300) % 3
+    cfg = gan.GANConfig(loss="wgan-gp", steps=3, batch_size=30, target_epsilon=10.0, latent_dim=8, width=16, z_dim=4,
+                        num_classes=3, log_every=1)
+    res = gan.train_gan(TensorDataset(u, y), cfg, progress=False)
+    codes = gan.sample(res.generator, n=6, num_classes=3).tensors[0]
+    assert codes.shape == (6, 8) and torch.isfinite(codes).all()
+    assert res.epsilon["prv"] <= 10.0 + 0.1

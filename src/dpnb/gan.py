@@ -221,6 +221,7 @@ class GANConfig:
     width: int = 32
     ema_decay: float = 0.99  # the samples come from an exponential moving average of G (post-processing)
     num_classes: int = 10  # public metadata of the dataset (dpnb.data.NUM_CLASSES), never read off the labels
+    latent_dim: int | None = None  # None: 28x28 images; d: codes of a public autoencoder (dpnb.latent), MLP nets
     seed: int = 0
     log_every: int = 50
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
@@ -282,7 +283,7 @@ def discriminator_step(D: nn.Module, G: nn.Module, opt: torch.optim.Optimizer, x
     n, dev = len(y), y.device
     with torch.no_grad():
         fake = G(torch.randn(n, config.z_dim, generator=generator).to(dev), y)
-    t = torch.rand(n, 1, 1, 1, generator=generator).to(dev)
+    t = torch.rand(n, *([1] * (x.dim() - 1)), generator=generator).to(dev)  # images (n,1,1,1), codes (n,1)
     params = dict(D.named_parameters())
     if core is not None:
         if n:
@@ -332,8 +333,9 @@ def train_gan(data: TensorDataset, config: GANConfig, *, progress: bool = True) 
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draws on every device
     num_classes = config.num_classes
-    G = Generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width).to(device)
-    D = Discriminator(num_classes=num_classes, width=config.width).to(device)
+    G = make_generator(z_dim=config.z_dim, num_classes=num_classes, width=config.width,
+                       latent_dim=config.latent_dim).to(device)
+    D = make_discriminator(num_classes=num_classes, width=config.width, latent_dim=config.latent_dim).to(device)
     ema = EMA(G, decay=config.ema_decay)
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(0.5, 0.9))
     opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(0.5, 0.9))
