@@ -79,21 +79,13 @@ class Generator(nn.Module):
         return self.net(self.fc(torch.cat([z, self.embed(y)], 1)))
 
 
-class Discriminator(nn.Module):
-    """Projection discriminator (Miyato & Koyama 2018) with two strided convolutions, LeakyReLU, no norm.
+class _Projection(nn.Module):
+    """The projection head shared by both discriminators (Miyato & Koyama 2018):
+    ``D(x, y) = w . h(x) + embed(y) . h(x)`` on the features ``h`` of ``features`` (``dim`` of them)."""
 
-    ``D(x, y) = w . h(x) + embed(y) . h(x)``; no BatchNorm (it would mix examples, which DP-SGD
-    and the gradient penalty both forbid), no in-place activations (Opacus/torch.func friendly).
-    """
-
-    def __init__(self, *, num_classes: int = 10, width: int = 32) -> None:
+    def __init__(self, features: nn.Module, *, dim: int, num_classes: int) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Flatten(),
-        )
-        dim = 2 * width * 7 * 7
+        self.features = features
         self.out = nn.Linear(dim, 1)
         self.embed = nn.Embedding(num_classes, dim)
         nn.init.normal_(self.embed.weight, std=0.01)
@@ -101,6 +93,22 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.features(x)
         return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)
+
+
+class Discriminator(_Projection):
+    """Projection discriminator (Miyato & Koyama 2018) with two strided convolutions, LeakyReLU, no norm.
+
+    ``D(x, y) = w . h(x) + embed(y) . h(x)``; no BatchNorm (it would mix examples, which DP-SGD
+    and the gradient penalty both forbid), no in-place activations (Opacus/torch.func friendly).
+    """
+
+    def __init__(self, *, num_classes: int = 10, width: int = 32) -> None:
+        features = nn.Sequential(
+            nn.Conv2d(1, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        super().__init__(features, dim=2 * width * 7 * 7, num_classes=num_classes)
 
 
 class LatentGenerator(nn.Module):
@@ -121,20 +129,13 @@ class LatentGenerator(nn.Module):
         return self.net(torch.cat([z, self.embed(y)], 1))
 
 
-class LatentDiscriminator(nn.Module):
+class LatentDiscriminator(_Projection):
     """Projection discriminator on ``in_dim``-dimensional codes: the MLP twin of :class:`Discriminator`."""
 
     def __init__(self, *, num_classes: int = 10, width: int = 128, in_dim: int = 64) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Linear(in_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
-                                      nn.LeakyReLU(0.2))
-        self.out = nn.Linear(width, 1)
-        self.embed = nn.Embedding(num_classes, width)
-        nn.init.normal_(self.embed.weight, std=0.01)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.features(x)
-        return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)
+        features = nn.Sequential(nn.Linear(in_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
+                                 nn.LeakyReLU(0.2))
+        super().__init__(features, dim=width, num_classes=num_classes)
 
 
 def make_generator(*, z_dim: int, num_classes: int, width: int, latent_dim: int | None = None) -> nn.Module:
