@@ -231,7 +231,7 @@ display(sweep_c[["n_critic", "steps", "noise_multiplier", "epsilon_prv", "fid", 
 if "CNN" in downstream_models:
     by = sweep_c.set_index("n_critic")["CNN"]
     display(Markdown(
-        f"Downstream CNN accuracy at ε = {variant_epsilon:g}: "
+        f"Downstream CNN accuracy at ε = {variant_epsilon:g} (δ = {delta:g}, PRV, Poisson sampling, add/remove): "
         + ", ".join(f"{by[nc]:.1%} with {nc} D step{'s' if nc > 1 else ''} per G step ({steps // nc} G steps)"
                     for nc in critic_sweep) + ". One run each: the chapter does not measure the seed-to-seed spread of these numbers."))
 

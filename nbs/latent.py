@@ -531,10 +531,10 @@ best_public = {e: chosen[e] for e in epsilons}
 lines = []
 for e in epsilons:
     r = best_public[e]
-    lines.append(f"* At ε = {e:g} the variant chosen on validation data is {r['method']} on {r['codes']} (test CNN "
+    lines.append(f"* At ε = {e:g} (δ = {delta:g}, add/remove) the variant chosen on validation data is {r['method']} on {r['codes']} (test CNN "
                  f"{r['CNN']:.1%}); DP-MERF on pixels, which uses no public data, reaches {pix.loc[e, 'CNN']:.1%}.")
 gs_np = agg[(agg["method"] == "GS-WGAN") & (agg["eps"] < 0)].iloc[0]
-lines.append(f"* GS-WGAN on codes: {gs_row['CNN']:.1%} at ε = {gs_row['eps']:.2f} (replace-one) against "
+lines.append(f"* GS-WGAN on codes: {gs_row['CNN']:.1%} at ε = {gs_row['eps']:.2f} (δ = {delta:g}, WBK, replace-one) against "
              f"{gs_np['CNN']:.1%} for its non-private twin with the same networks and schedule; the "
              "{doc}`gswgan` chapter gives the image-space figure at the same ε.")
 mem = agg[agg["eps"] > 0]["memorisation"]

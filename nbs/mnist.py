@@ -283,7 +283,7 @@ display(by_epochs[["epochs", "steps", "noise_multiplier", "epsilon", "test_accur
                        "seconds": "{:.0f}"}).hide(axis="index"))
 trend = by_epochs.sort_values("epochs")["test_accuracy"].diff().dropna()
 display(Markdown(
-    f"At ε = {head_eps:.2f}: " + ", ".join(f"{int(r.epochs)} epochs (σ = {r.noise_multiplier:.2f}) "
+    f"At ε = {head_eps:.2f} (δ = {delta:g}, {accountant.upper()}, Poisson sampling, add/remove): " + ", ".join(f"{int(r.epochs)} epochs (σ = {r.noise_multiplier:.2f}) "
                                           f"{r.test_accuracy:.2%}" for r in by_epochs.itertuples())
     + (". Each longer run was more accurate here (one seed each)." if (trend > 0).all() else
        ". Longer was not better at every step here (one seed each): the extra noise of the longer runs cost as much "
@@ -339,7 +339,8 @@ joint = sweep[sweep["batch_size"] == batch_size]
 top = joint.loc[joint["validation_accuracy"].idxmax()]
 by_b = at_b.set_index("batch_size")["validation_accuracy"]
 display(Markdown(
-    f"On this subset, after {sweep_epochs} epochs at ε = {sweep_epsilon:g}, the best (C, learning rate) on validation "
+    f"On this subset, after {sweep_epochs} epochs at ε = {sweep_epsilon:g} (δ = {delta:g}, {accountant.upper()}, "
+    f"Poisson sampling, add/remove), the best (C, learning rate) on validation "
     f"data is C = {top['max_grad_norm']:g} with learning rate {top['lr']:g} ({top['validation_accuracy']:.1%}); the "
     f"chapter's defaults (C = {max_grad_norm:g}, learning rate {learning_rate:g}) give "
     f"{joint[(joint['max_grad_norm'] == max_grad_norm) & (joint['lr'] == learning_rate)]['validation_accuracy'].max():.1%}"
@@ -365,7 +366,8 @@ for name, (c_, lr_) in candidates.items():
                 metric="validation_accuracy", value=r_.test_accuracy, seconds=r_.seconds)
 winner = max(check, key=lambda k: check[k][2])
 display(Markdown(
-    f"On the full training set ({epochs} epochs, batch {batch_size}, ε = {sweep_epsilon:g}), validation accuracy: "
+    f"On the full training set ({epochs} epochs, batch {batch_size}, ε = {sweep_epsilon:g}, δ = {delta:g}, "
+    f"{accountant.upper()}, Poisson sampling, add/remove), validation accuracy: "
     + "; ".join(f"{k} (C = {c_:g}, learning rate {lr_:g}) {a:.2%}" for k, (c_, lr_, a) in check.items())
     + f". Best at full scale: {winner}"
     + (", which the chapter keeps." if winner == "the chapter's defaults" else
