@@ -98,9 +98,9 @@ print(f"device: {device}; torch threads: {torch.get_num_threads()}")
 
 # %%
 full_train = data.mnist_tensors("mnist", split="train", limit=train_limit, seed=seed)
-order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(seed))
-train_set = TensorDataset(*(t[order[validation_size:]] for t in full_train.tensors))
-validation_set = TensorDataset(*(t[order[:validation_size]] for t in full_train.tensors))
+train_idx, val_idx = data.holdout(len(full_train), validation=validation_size, seed=seed)
+train_set = TensorDataset(*(t[train_idx] for t in full_train.tensors))
+validation_set = TensorDataset(*(t[val_idx] for t in full_train.tensors))
 test_set = data.mnist_tensors("mnist", split="test")
 print(f"{len(train_set)} training, {len(validation_set)} validation and {len(test_set)} test images")
 

@@ -99,6 +99,19 @@ def test_downstream_harness_reproduces_real_data_accuracy(mnist01: tuple[TensorD
     assert metrics.downstream_accuracy(shuffled, test, models=("logistic regression",))["logistic regression"] < 0.3
 
 
+
+def test_downstream_validation_score_is_the_same_cnn_on_held_out_images() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    x = (torch.rand(300, 1, 28, 28, generator=g) * 0.2 + (y.float() / 3)[:, None, None, None]).clamp(0, 1)
+    train, test = TensorDataset(x[:200], y[:200]), TensorDataset(x[200:], y[200:])
+    both = metrics.downstream_accuracy(train, test, models=("CNN",), cnn_epochs=1, validation=test)
+    assert both["CNN (validation)"] == both["CNN"]  # one CNN, scored twice on the same images
+    only = metrics.downstream_accuracy(train, test, models=("logistic regression",), cnn_epochs=1, validation=test)
+    assert set(only) == {"logistic regression", "CNN (validation)"}  # the CNN is fitted for validation alone
+    assert only["CNN (validation)"] == both["CNN"]  # and it is the same seeded CNN
+
+
 # ---------------------------------------------------------------- DP-GAN
 
 def _pairs(n: int = 6) -> tuple[torch.Tensor, ...]:

@@ -226,6 +226,22 @@ def seeded_indices(n: int, k: int, *, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k]
 
 
+def holdout(n: int, *, validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train, validation)`` of a seeded split of ``range(n)``: ``validation`` examples held out.
+
+    One permutation of ``range(n)`` from ``seed``; its first ``validation`` entries are held out, the
+    rest train. The split is a public choice (a seed and a size), not a statistic of the data.
+
+        >>> tr, va = holdout(10, validation=3, seed=0)
+        >>> len(tr), len(va), sorted(tr.tolist() + va.tolist()) == list(range(10))
+        (7, 3, True)
+    """
+    n = check_int("n", n, low=1)
+    v = check_int("validation", validation, low=0, high=n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[v:], perm[:v]
+
+
 def subset(ds: Dataset, k: int, *, seed: int = 0) -> Subset:
     """A seeded random subset of ``k`` examples."""
     n = len(ds)  # type: ignore[arg-type]

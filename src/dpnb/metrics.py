@@ -226,11 +226,13 @@ def train_judge(train: TensorDataset, test: TensorDataset, *, fid_features: str 
 
 def downstream_accuracy(train: TensorDataset, test: TensorDataset, *,
                         models: tuple[str, ...] = DOWNSTREAM_MODELS, cnn_epochs: int = 3,
-                        seed: int = 0) -> dict[str, float]:
+                        seed: int = 0, validation: TensorDataset | None = None) -> dict[str, float]:
     """Test accuracy on real ``test`` of classifiers trained on (synthetic) ``train``; images in [0, 1].
 
     Logistic regression, an MLP (one hidden layer of 100) and a random forest (100 trees) from
-    scikit-learn on flattened pixels, and :func:`dpnb.models.mnist_cnn` trained with Adam.
+    scikit-learn on flattened pixels, and :func:`dpnb.models.mnist_cnn` trained with Adam. With
+    ``validation`` (real images held out of training) the same CNN is also scored on it, as
+    ``"CNN (validation)"``: what a chapter chooses between generators on, leaving the test set alone.
     """
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -252,11 +254,14 @@ def downstream_accuracy(train: TensorDataset, test: TensorDataset, *,
     out: dict[str, float] = {}
     import warnings
 
-    for name in models:
+    for name in [*models, *(["CNN"] if validation is not None and "CNN" not in models else [])]:
         if name == "CNN":
             torch.manual_seed(seed)
-            out[name] = accuracy(fit_classifier(mnist_cnn(activation="relu"), x, y, epochs=cnn_epochs, seed=seed),
-                                 xt, yt)
+            cnn = fit_classifier(mnist_cnn(activation="relu"), x, y, epochs=cnn_epochs, seed=seed)
+            if "CNN" in models:
+                out[name] = accuracy(cnn, xt, yt)
+            if validation is not None:
+                out["CNN (validation)"] = accuracy(cnn, *validation.tensors)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ConvergenceWarning: a fixed, short budget on purpose
@@ -266,10 +271,12 @@ def downstream_accuracy(train: TensorDataset, test: TensorDataset, *,
 
 def evaluate_samples(samples: TensorDataset, judge: Judge, test: TensorDataset, *,
                      models: tuple[str, ...] = DOWNSTREAM_MODELS, cnn_epochs: int = 3,
-                     seed: int = 0) -> dict[str, float]:
-    """One row for a generator: FID (``judge.fid_name``), IS and the downstream accuracies of ``samples``."""
+                     seed: int = 0, validation: TensorDataset | None = None) -> dict[str, float]:
+    """One row for a generator: FID (``judge.fid_name``), IS and the downstream accuracies of ``samples``
+    (with ``validation``, also the CNN's accuracy on it: see :func:`downstream_accuracy`)."""
     x, _ = samples.tensors
-    return judge.score(x) | downstream_accuracy(samples, test, models=models, cnn_epochs=cnn_epochs, seed=seed)
+    return judge.score(x) | downstream_accuracy(samples, test, models=models, cnn_epochs=cnn_epochs, seed=seed,
+                                                validation=validation)
 
 
 def check_evaluation(*, samples: Any, fid_features: Any, judge_epochs: Any, downstream_models: Any,
