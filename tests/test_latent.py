@@ -214,3 +214,46 @@ def test_dp_gan_runs_on_codes_with_the_latent_networks() -> None:
     codes = gan.sample(res.generator, n=6, num_classes=3).tensors[0]
     assert codes.shape == (6, 8) and torch.isfinite(codes).all()
     assert res.epsilon["prv"] <= 10.0 + 0.1
+
+
+# ---------------------------------------------------------------- the ten-class pipeline's pieces
+
+def test_dp_merf_releases_once_at_the_calibrated_noise_and_fits_the_release() -> None:
+    from dpnb.gan import LatentGenerator
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(600) % 2
+    x = torch.randn(600, 3, generator=g) * 0.3 + torch.stack([y.float() * 2 - 1] * 3, 1)  # two separated blobs
+    kw = dict(classes=[0, 1, 2], features=200, lengthscale=1.0, delta=1e-5, z_dim=4, seed=3, progress=False)
+    r = oneshot.train_dp_merf(x, y, generator_net=LatentGenerator(z_dim=4, num_classes=3, width=32, out_dim=3),
+                              epsilon=2.0, steps=150, lr=1e-2, **kw)
+    assert r.embedding.noise_std == oneshot.noise_std(epsilon=2.0, delta=1e-5, sensitivities=[math.sqrt(2)])
+    assert r.embedding.means.shape == (3, 200)  # class 2 is public metadata: released although absent
+    assert float(r.embedding.counts[2]) >= 1.0  # its noisy count is floored, never a division by zero
+    assert sum(r.losses[-10:]) < sum(r.losses[:10])  # the generator moves towards the release
+    # the same seed gives the same frequencies and noise: a run is reproducible from its seed
+    again = oneshot.train_dp_merf(x, y, generator_net=LatentGenerator(z_dim=4, num_classes=3, width=32, out_dim=3),
+                                  epsilon=2.0, steps=1, **kw)
+    assert torch.equal(again.embedding.means, r.embedding.means)
+    # without noise the fitted generator's class means approach the blobs' centres (a non-private check)
+    clean = oneshot.train_dp_merf(x, y, generator_net=LatentGenerator(z_dim=4, num_classes=3, width=32, out_dim=3),
+                                  epsilon=None, steps=400, lr=1e-2, **kw)
+    with torch.no_grad():
+        out = clean.generator(torch.randn(400, 4), torch.arange(400) % 2)
+    for c, centre in ((0, -1.0), (1, 1.0)):
+        assert abs(float(out[torch.arange(400) % 2 == c].mean()) - centre) < 0.3
+
+
+def test_one_shot_samples_are_fixed_by_their_seed_and_decoded_through_public_weights_only() -> None:
+    u = _unit_ball(400, 6)
+    y = torch.arange(400) % 4
+    a = latent.one_shot_samples(u, y, classes=[0, 1, 2, 3], epsilon=1.0, delta=1e-5, per_class=7, seed=5)
+    b = latent.one_shot_samples(u, y, classes=[0, 1, 2, 3], epsilon=1.0, delta=1e-5, per_class=7, seed=5)
+    c = latent.one_shot_samples(u, y, classes=[0, 1, 2, 3], epsilon=1.0, delta=1e-5, per_class=7, seed=6)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    assert a[1].tolist() == [k for k in range(4) for _ in range(7)] and a[2].epsilon == 1.0
+    enc, dec = latent.mlp_autoencoder(latent_dim=6, hidden=8)
+    scale = latent.CodeScale.fit(torch.randn(100, 6) * 2 + 1)
+    images = latent.PublicDecoder(dec, scale)(a[0])
+    assert images.shape == (28, 1, 28, 28)
+    assert torch.allclose(images, latent.decode(dec, a[0] * scale.radius + scale.center))

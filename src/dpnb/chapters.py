@@ -135,6 +135,8 @@ RULES: dict[str, dict[str, Rule]] = {
         vae_epochs=Int(1), vae_batch_size=Int(1, 10_000), vae_lr=Positive(), vae_max_grad_norm=Positive(),
         gswgan_discriminators=Int(2, 10_000), gswgan_pretrain_steps=Int(0), gswgan_iterations=Int(1),
         gswgan_critic_iters=Int(1), gswgan_batch_size=Int(1, 1000), gswgan_lr=Positive(),
+        gan_loss=Choice(gan.LOSSES), gan_steps=Int(1), gan_critic=Int(1, high=lambda p: p["gan_steps"]),
+        gan_batch_size=Int(1, 10_000), gan_lr=Positive(),
         merf_features=Int(2, 100_000), merf_lengthscale=Positive(), merf_latent_lengthscale=Positive(),
         merf_steps=Int(1), samples_per_class=Int(10, 10_000), seeds=Each(Int(0)), fid_features=Choice(
             metrics.FID_FEATURES), judge_epochs=Int(1), downstream_models=Each(Choice(metrics.DOWNSTREAM_MODELS)),

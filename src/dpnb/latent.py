@@ -46,10 +46,12 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from dpnb import dpsgd
+from dpnb.oneshot import ClassGaussians, clip_rows, release_class_gaussians
 from dpnb.params import ParameterError, check_int, check_number
 
 __all__ = ["csc2412_split", "mlp_autoencoder", "conv_autoencoder", "AUTOENCODERS", "train_autoencoder", "encode",
-           "decode", "invert", "CodeScale", "ConditionalVAE", "DPVAEResult", "train_dp_vae", "nearest_distances",
+           "decode", "invert", "CodeScale", "PublicDecoder", "one_shot_samples",
+           "ConditionalVAE", "DPVAEResult", "train_dp_vae", "nearest_distances",
            "score"]
 
 AUTOENCODERS = ("mlp", "conv")
@@ -171,7 +173,7 @@ class CodeScale:
     """Public centring and scaling of codes: ``(z - center) / radius``, then clipped to norm 1.
 
     Fitted on **public** codes (:meth:`fit`): ``radius`` is the ``quantile`` of their centred norms,
-    so private codes are clipped at a public bound; :meth:`decode` inverts the scaling.
+    so private codes are clipped at a public bound; :meth:`invert` undoes the scaling.
     """
 
     center: torch.Tensor
@@ -184,12 +186,37 @@ class CodeScale:
         return cls(center=center, radius=float((public_codes - center).norm(dim=1).quantile(q)))
 
     def apply(self, z: torch.Tensor) -> torch.Tensor:
-        from dpnb.oneshot import clip_rows
-
         return clip_rows((z - self.center) / self.radius, bound=1.0)
 
     def invert(self, u: torch.Tensor) -> torch.Tensor:
         return u * self.radius + self.center
+
+
+@dataclass(frozen=True)
+class PublicDecoder:
+    """Generated (scaled) codes to images: :meth:`CodeScale.invert`, then the public decoder.
+
+    Everything a private generator of codes releases passes through this map; it reads public
+    weights and statistics only, so it is post-processing and costs no privacy.
+    """
+
+    decoder: nn.Module
+    scale: CodeScale
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return decode(self.decoder, self.scale.invert(u))
+
+
+def one_shot_samples(u: torch.Tensor, y: torch.Tensor, *, classes: list[int], epsilon: float | None, delta: float,
+                     per_class: int, components: int = 1, iterations: int = 3,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, ClassGaussians]:
+    """Release class Gaussians of scaled codes ``u`` once (:func:`dpnb.oneshot.release_class_gaussians`) and
+    draw ``per_class`` codes of each class from the release; the noise and the samples have their own seeds
+    (``1000 + seed`` and ``2000 + seed``), so one seed fixes a run. Returns (codes, labels, release)."""
+    rel = release_class_gaussians(u, y, classes=classes, epsilon=epsilon, delta=delta, components=components,
+                                  iterations=iterations, generator=torch.Generator().manual_seed(1000 + seed))
+    codes, labels = rel.sample(per_class, generator=torch.Generator().manual_seed(2000 + seed))
+    return codes, labels, rel
 
 
 class ConditionalVAE(nn.Module):
@@ -322,20 +349,9 @@ def score(images: torch.Tensor, labels: torch.Tensor, *, judge: Any, test: Any, 
     from torch.utils.data import TensorDataset
 
     from dpnb import metrics
-    from dpnb.models import mnist_cnn
 
-    synth = TensorDataset(images, labels)
-    out = judge.score(images)
-    sk = tuple(m for m in models if m != "CNN")
-    if sk:
-        out |= metrics.downstream_accuracy(synth, test, models=sk, seed=seed)
-    if "CNN" in models or validation is not None:
-        torch.manual_seed(seed)
-        cnn = metrics.fit_classifier(mnist_cnn(activation="relu"), images, labels, epochs=cnn_epochs, seed=seed)
-        if "CNN" in models:
-            out["CNN"] = metrics.accuracy(cnn, *test.tensors)
-        if validation is not None:
-            out["CNN (validation)"] = metrics.accuracy(cnn, *validation.tensors)
+    out = metrics.evaluate_samples(TensorDataset(images, labels), judge, test, models=models, cnn_epochs=cnn_epochs,
+                                   seed=seed, validation=validation)
     if private is not None:
         xt = test.tensors[0]
         m = min(len(private), len(xt))

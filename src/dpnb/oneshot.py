@@ -53,7 +53,8 @@ from dpnb.params import ParameterError, check_int, check_number
 from dpnb.search import largest
 
 __all__ = ["noise_std", "clip_rows", "class_statistics", "ClassGaussians", "release_class_gaussians",
-           "rff_frequencies", "rff_features", "MeanEmbedding", "release_mean_embedding", "fit_to_embedding"]
+           "rff_frequencies", "rff_features", "MeanEmbedding", "release_mean_embedding", "fit_to_embedding",
+           "MERFResult", "train_dp_merf"]
 
 GAUSSIAN_SENSITIVITY = math.sqrt(3.0)  # (sum z, upper triangle of sum z z^T, count), each row of norm <= 1
 SUMS_SENSITIVITY = math.sqrt(2.0)  # (sum, count) of rows of norm <= 1
@@ -218,7 +219,7 @@ def rff_frequencies(*, dim: int, features: int, lengthscale: float,
 
 def rff_features(x: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
     r""":math:`\phi(x) = \sqrt{2/D}\,[\cos(Wx), \sin(Wx)]`, rows of norm exactly 1; ``x`` is flattened per row."""
-    proj = x.reshape(len(x), -1) @ frequencies.T
+    proj = x.reshape(len(x), frequencies.shape[1]) @ frequencies.T  # (an empty class: zero rows)
     return torch.cat([proj.cos(), proj.sin()], 1) / math.sqrt(frequencies.shape[0])
 
 
@@ -285,3 +286,48 @@ def fit_to_embedding(generator_net: nn.Module, embedding: MeanEmbedding, *, step
         opt.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+@dataclass
+class MERFResult:
+    """A DP-MERF run: the fitted generator (what is released), the one release it read, and its losses."""
+
+    generator: nn.Module
+    embedding: MeanEmbedding
+    losses: list[float]
+    seconds: float
+
+
+def train_dp_merf(x: torch.Tensor, y: torch.Tensor, *, classes: Sequence[int], generator_net: nn.Module,
+                  features: int, lengthscale: float, epsilon: float | None, delta: float, steps: int, z_dim: int,
+                  lr: float = 1e-3, batch_size: int = 500, seed: int = 0, progress: bool = True) -> MERFResult:
+    """DP-MERF end to end (Harder, Adamczewski & Park, AISTATS 2021, Alg. 1) on rows ``x`` (pixels or codes).
+
+    1. ``features`` random Fourier frequencies for a Gaussian kernel of ``lengthscale``, drawn from
+       ``seed`` (public randomness, independent of the data);
+    2. the per-class mean embedding and counts, released once (:func:`release_mean_embedding`,
+       sensitivity √2, (ε, δ) under add/remove; ``epsilon=None``: no noise);
+    3. ``generator_net(z, class index)`` fitted to the release for ``steps`` Adam steps
+       (:func:`fit_to_embedding`): post-processing, no further privacy cost.
+
+    Example::
+
+        >>> import torch
+        >>> from dpnb.gan import LatentGenerator
+        >>> x, y = torch.rand(200, 3), torch.arange(200) % 2
+        >>> r = train_dp_merf(x, y, classes=[0, 1], generator_net=LatentGenerator(z_dim=4, num_classes=2,
+        ...                   width=8, out_dim=3), features=20, lengthscale=1.0, epsilon=1.0, delta=1e-5,
+        ...                   steps=2, z_dim=4, progress=False)
+        >>> r.embedding.means.shape, len(r.losses)
+        (torch.Size([2, 20]), 2)
+    """
+    import time
+
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    flat = x.reshape(len(x), -1)
+    W = rff_frequencies(dim=flat.shape[1], features=features, lengthscale=lengthscale, generator=g)
+    emb = release_mean_embedding(flat, y, classes=classes, frequencies=W, epsilon=epsilon, delta=delta, generator=g)
+    losses = fit_to_embedding(generator_net, emb, steps=steps, batch_size=batch_size, lr=lr, z_dim=z_dim, seed=seed,
+                              progress=progress)
+    return MERFResult(generator=generator_net.eval(), embedding=emb, losses=losses, seconds=time.perf_counter() - t0)
