@@ -36,7 +36,13 @@ def test_smoke_profile_with_one_epoch_from_the_command_line(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(tmp_path / "results" / "flowers.csv")
     acc = df[df["metric"].str.startswith("test_top")]
-    assert set(acc["experiment"]) >= {"linear head, non-private", "linear head, DP", "deep head, DP"}
+    assert set(acc["experiment"]) >= {"linear head, non-private", "linear head, DP", "deep head, DP",
+                                      "official split, linear head, DP, equal q"}
+    head = acc[acc["experiment"] == "linear head, DP"]
+    assert head["seeds"].eq(len(profile["seeds"])).all() and head["std"].notna().all()  # the headline: a mean
+    assert acc[acc["experiment"] == "deep head, DP"]["seeds"].eq(1).all()
+    official = acc[acc["dataset"] == "Flowers-102 official"]
+    assert len(official) == 4  # non-private and DP at equal q, top-1 and top-5
     assert acc["value"].between(0, 1).all()
     dp = acc[acc["dp"]]
     assert dp["delta"].eq(1e-5).all() and dp["accountant"].str.contains("prv").all()

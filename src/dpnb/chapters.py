@@ -50,7 +50,7 @@ def _cifar_architectures(p: dict[str, Any]) -> list[str]:
     return list(cifar_architectures(p["cnn_width"]))
 
 
-def _flowers_sizes(p: dict[str, Any]) -> tuple[int, int]:
+def _flowers_sizes(p: dict[str, Any]) -> tuple[int, int, int]:
     from dpnb.transfer import FLOWERS_SPLIT_SIZES
 
     return tuple(min(n, p["limit"] or n) for n in FLOWERS_SPLIT_SIZES[p["split"]])  # type: ignore[return-value]
@@ -110,7 +110,9 @@ RULES: dict[str, dict[str, Rule]] = {
         momentum=Number(0, 1, open="high"), dp=Flag(), noise_multiplier=Maybe(Positive()),
         target_epsilon=Unless("noise_multiplier", Positive()), max_grad_norm=Positive(), delta=PROBABILITY,
         features=Choice(_flowers_features()), backbone_weights=Choice(["imagenet", "none"]), image_size=Int(32, 128),
-        seed=Int(0), baseline_epochs=Int(1), baseline_learning_rate=Positive(), deep_learning_rate=Positive(),
+        seed=Int(0), seeds=Each(Int(0)), tune=Flag(), sweep_learning_rates=Each(Positive()),
+        sweep_max_grad_norms=Each(Positive()), deep_learning_rates=Each(Positive()), baseline_epochs=Int(1),
+        baseline_learning_rate=Positive(), deep_learning_rate=Positive(),
         stats_epsilons=Each(Positive()), stats_batch_sizes=Each(Int(1, high=lambda p: _flowers_sizes(p)[0])),
         cost_batch_sizes=Each(Int(1, high=lambda p: _flowers_sizes(p)[0])), cost_methods=Each(Choice(cost.METHODS)),
         cost_steps=Int(1), device=Device(), profile=Choice(PROFILES)),

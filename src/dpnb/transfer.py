@@ -37,9 +37,12 @@ from dpnb.features import (
 from dpnb.params import ParameterError, check_choice
 
 FEATURES = ("auto", "scatternet", "resnet18")
-FLOWERS_SPLITS = {"official": ("train", "test"), "large": ("large-train", "large-test")}
-#: (training, test) images of each split choice.
-FLOWERS_SPLIT_SIZES = {"official": (1020, 6149), "large": (6149, 2040)}
+#: (training, validation, test) parts of each split choice, all official Flowers-102 parts: ``official``
+#: trains on the 10 images per class of ``train``; ``large`` trains on the 6149 images of the official
+#: ``test`` part and tests on the official ``train`` part. Both tune on the official ``val`` part.
+FLOWERS_SPLITS = {"official": ("train", "val", "test"), "large": ("test", "val", "train")}
+#: (training, validation, test) images of each split choice.
+FLOWERS_SPLIT_SIZES = {"official": (1020, 1020, 6149), "large": (6149, 1020, 1020)}
 SCATTER_J = 3
 
 
@@ -72,7 +75,7 @@ def resolve_features(features: str, *, backbone_weights: str) -> tuple[str, str]
 
 @dataclass
 class FeatureData:
-    """Train and test features of one split, with what produced them."""
+    """Train, test and (where the split has one) validation features, with what produced them."""
 
     train: TensorDataset
     test: TensorDataset
@@ -81,12 +84,15 @@ class FeatureData:
     shape: tuple[int, ...]
     deep_head: nn.Module | None  # resnet18: layer4 (BatchNorm folded), fine-tuned in the "deeper" variant
     seconds: float
+    validation: TensorDataset | None = None
 
 
 def flowers_features(*, split: str, features: str, backbone_weights: str, image_size: int,
                      device: torch.device, limit: int | None = None, seed: int = 0,
                      progress: bool = True) -> FeatureData:
-    """Flowers-102 features for the ``official`` (1020/6149) or ``large`` (6149/2040) split.
+    """Flowers-102 features for the ``official`` (1020/1020/6149) or ``large`` (6149/1020/1020) split.
+
+    Features are cached per official part (``train``, ``val``, ``test``), so the two splits share them.
 
     ScatterNet: images resized to ``image_size`` (centre crop), J=3 scattering + GroupNorm,
     ``(651, s/8, s/8)``. ResNet-18: ImageNet-normalised images through ``layer3``, ``(256, s/16, s/16)``;
@@ -123,7 +129,7 @@ def flowers_features(*, split: str, features: str, backbone_weights: str, image_
         fs = extract(ds, extractor, key=k, batch_size=64, device=device, progress=progress)
         out.append(TensorDataset(*fs.tensors()))
     shape = tuple(out[0].tensors[0].shape[1:])
-    return FeatureData(train=out[0], test=out[1], extractor=name, description=why, shape=shape,
+    return FeatureData(train=out[0], validation=out[1], test=out[2], extractor=name, description=why, shape=shape,
                        deep_head=deep_head, seconds=time.perf_counter() - t0)
 
 
@@ -195,8 +201,9 @@ def frozen_features(fd: FeatureData, *, device: torch.device, batch_size: int = 
         x, y = ds.tensors
         return TensorDataset(torch.cat([head(b.to(device)).cpu() for b in x.split(batch_size)]), y)
 
-    train, test = run(fd.train), run(fd.test)
-    return FeatureData(train=train, test=test, extractor=fd.extractor, description=fd.description,
+    train = run(fd.train)
+    return FeatureData(train=train, validation=run(fd.validation) if fd.validation is not None else None,
+                       test=run(fd.test), extractor=fd.extractor, description=fd.description,
                        shape=tuple(train.tensors[0].shape[1:]), deep_head=None, seconds=fd.seconds)
 
 
