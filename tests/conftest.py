@@ -32,6 +32,7 @@ def root() -> Path:
 def smoke_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`dpnb book --profile smoke` into a fresh build folder, once per session."""
     build = tmp_path_factory.mktemp("book_build")
-    proc = run_dpnb("book", "--profile", "smoke", "--build-dir", str(build), timeout=1800)  # 6 chapters
+    # every chapter, two at a time (one thread each on this 2-core machine)
+    proc = run_dpnb("book", "--profile", "smoke", "--build-dir", str(build), "--workers", "2", timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return build

@@ -95,11 +95,26 @@ def test_failing_chapter_names_cell_and_error_and_leaves_no_html(tmp_path: Path)
     assert not [p for p in build.iterdir() if p.name.startswith("dpnb-")], "scratch folders left behind"
 
 
+def test_parallel_build_reports_the_first_failing_chapter_and_starts_no_other(tmp_path: Path) -> None:
+    checkout = _copy_checkout(tmp_path / "checkout")
+    (checkout / "book" / "profiles.yml").write_text("smoke:\n  budget:\n    epochs: 0\n  mnist:\n    epochs: 0\n")
+    build = tmp_path / "build"
+    proc = run_dpnb("book", "--profile", "smoke", "--build-dir", str(build), "--workers", "2", cwd=checkout)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()[-1]  # both failed; the book's first chapter is the one named
+    assert err.startswith("dpnb book: error: chapter nbs/budget failed in cell") and "epochs must be" in err
+    assert {p.name for p in (build / "failed").iterdir()} == {"budget.ipynb", "mnist.ipynb"}
+    assert not (build / "executed").exists() or not list((build / "executed").iterdir())  # nothing else ran
+    assert not (build / "html").exists()
+
+
 def test_bad_profile_and_chapter_names() -> None:
     proc = run_dpnb("book", "--only", "nope", "--no-html")
     assert proc.returncode == 2 and "--only must be one of budget" in proc.stderr
     proc = run_dpnb("book", "--profile", "fast")
     assert proc.returncode == 2 and "invalid choice: 'fast'" in proc.stderr
+    proc = run_dpnb("book", "--workers", "0", "--no-html")
+    assert proc.returncode == 2 and "--workers and --threads must be integers >= 1" in proc.stderr
 
 
 def test_html_pages_exist(smoke_build: Path) -> None:

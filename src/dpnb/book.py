@@ -19,9 +19,15 @@
 A failing chapter stops everything with its name, the failing cell and the error; its
 notebook is kept in ``<build>/failed/`` for inspection, and the HTML is not touched.
 
+With ``--workers N`` up to N chapters execute at once, each in its own process with
+``--threads`` threads for its kernel's numerical libraries (default: the machine's cores
+divided by N, so that N chapters do not oversubscribe the cores); after a failure no further
+chapter starts, the running ones finish, and the first failure is reported.
+
 Example::
 
     dpnb book --profile smoke            # every chapter in seconds, then the HTML
+    dpnb book --profile smoke --workers 2
     dpnb book --only budget --profile book
 """
 
@@ -133,8 +139,14 @@ def cache_key(root: Path, chapter: Chapter, parameters: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, force: bool = False) -> str:
-    """Execute one chapter unless its cached copy is current; returns "cached" or "executed"."""
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, force: bool = False,
+                    threads: int | None = None) -> str:
+    """Execute one chapter unless its cached copy is current; returns "cached" or "executed".
+
+    ``threads`` caps the kernel's OpenMP/BLAS threads (set when several chapters run at once)."""
     import papermill as pm
 
     params = profile_parameters(root, profile, chapter.name)
@@ -148,7 +160,10 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
         (build / d).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"dpnb-{chapter.name}-", dir=build))
     out = scratch / f"{chapter.name}.ipynb"
-    old_env = {k: os.environ.get(k) for k in ("DPNB_RESULTS", "JUPYTER_PATH", "DPNB_CACHE", PROGRESS_ENV)}
+    old_env = {k: os.environ.get(k) for k in ("DPNB_RESULTS", "JUPYTER_PATH", "DPNB_CACHE", PROGRESS_ENV, *THREAD_ENV)}
+    if threads is not None:
+        for k in THREAD_ENV:
+            os.environ[k] = str(threads)
     os.environ["DPNB_RESULTS"] = str(scratch)
     # No progress bars inside the pages: papermill would keep every redraw as an output block.
     # This command prints one line per chapter instead (see main()).
@@ -329,6 +344,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--build-dir", default=None, help="output folder (default book/_build)")
     p.add_argument("--force", action="store_true", help="re-execute even when the cache is current")
     p.add_argument("--no-html", action="store_true", help="execute the chapters only")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="chapters executed at once (default 1)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="threads per chapter when --workers > 1 (default: cores // workers)")
+
+
+def _timed(root: Path, build: Path, chapter: Chapter, profile: str, force: bool,
+           threads: int | None) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    return execute_chapter(root, build, chapter, profile, force=force, threads=threads), time.perf_counter() - t0
+
+
+def _execute_parallel(root: Path, build: Path, todo: list[Chapter], a: argparse.Namespace) -> None:
+    """Up to ``a.workers`` chapters at once, one process each. Once a chapter has failed no new one
+    starts; the running ones finish, and the failure of the chapter earliest in the book is raised."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
+    failures: dict[int, ChapterFailed] = {}
+    queue = list(todo)
+    with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
+        running: dict[Any, Chapter] = {}
+        while queue or running:
+            while queue and not failures and len(running) < a.workers:  # a new chapter only while all went well
+                ch = queue.pop(0)
+                print(f"[dpnb book] {ch.name} ({a.profile} profile, {threads} thread{'s' if threads > 1 else ''}) ...",
+                      flush=True)
+                running[pool.submit(_timed, root, build, ch, a.profile, a.force, threads)] = ch
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                ch = running.pop(fut)
+                try:
+                    state, seconds = fut.result()
+                    print(f"[dpnb book] {ch.name}: {state} in {seconds:.1f} s", flush=True)
+                except ChapterFailed as e:
+                    failures[todo.index(ch)] = e
+    if failures:
+        raise failures[min(failures)]
 
 
 def main(a: argparse.Namespace) -> int:
@@ -340,8 +395,12 @@ def main(a: argparse.Namespace) -> int:
         if a.only not in names:
             raise ParameterError(f"--only must be one of {', '.join(names)}; got {a.only!r}")
         todo = [c for c in todo if c.name == a.only]
+    if a.workers < 1 or (a.threads is not None and a.threads < 1):
+        raise ParameterError(f"--workers and --threads must be integers >= 1; got {a.workers} and {a.threads}")
     try:
-        for ch in todo:
+        if a.workers > 1 and len(todo) > 1:
+            _execute_parallel(root, build, todo, a)
+        for ch in (todo if a.workers == 1 or len(todo) == 1 else []):
             t0 = time.perf_counter()
             print(f"[dpnb book] {ch.name} ({a.profile} profile) ...", flush=True)
             state = execute_chapter(root, build, ch, a.profile, force=a.force)
