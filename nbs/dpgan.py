@@ -268,6 +268,7 @@ plots.caption(f"Scores of each generator (ε in the labels, δ = {delta:g}, PRV,
 
 # %%
 ref = published_generators()
+bie_code = ref[ref["source"] == "DP-GAN revisited, code"].iloc[0]  # the fixed-schedule benchmark row
 ref["ε (add/remove)"] = ref["epsilon"].where(ref["adjacency"] == "add/remove")
 ref["ε (replace-one)"] = ref["epsilon"].where(ref["adjacency"] == "replace-one")
 display(ref[["source", "where", "ε (add/remove)", "ε (replace-one)", "delta", "sampling", "inception_fid",
@@ -321,7 +322,9 @@ display(Markdown(
     + (prose.mean_std(best_mean['CNN'], best_std['CNN'] if len(rep_df) > 1 else None, '.1%')
        if "CNN" in downstream_models else "(no CNN in this run)") + ". Bie et al. give "
     f"{ref.loc[ref['source'] == 'DP-GAN revisited', 'downstream_cnn'].item():.1%} downstream at ε = 10 "
-    "(add/remove) in their abstract."))
+    f"(add/remove) in their abstract; their code's benchmark with a fixed {bie_code['training'].split(', ')[1]} "
+    f"reports {bie_code['downstream_cnn']:.1%} ({bie_code['training'].split(', ')[0]}, Opacus RDP, Poisson, "
+    "add/remove)."))
 
 # %% [markdown]
 # **What it shows.** The privacy cost is paid once, by D's steps; G then draws as many samples as
