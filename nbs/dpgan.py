@@ -306,7 +306,8 @@ if "CNN" in downstream_models and len(rep_df) > 1:
     display(Markdown(
         f"Across its {len(rep_df)} seeds the chosen generator's downstream CNN accuracy ranges from "
         f"{rep_df['CNN'].min():.1%} to {rep_df['CNN'].max():.1%} (standard deviation {best_std['CNN']:.1%}); the "
-        f"single runs at ε = {variant_epsilon:g} above span {singles.min():.1%} to {singles.max():.1%}. "
+        f"single runs at ε = {variant_epsilon:g} above (δ = {delta:g}, PRV, Poisson sampling, add/remove) span "
+        f"{singles.min():.1%} to {singles.max():.1%}. "
         + (f"The best single run leads the next by {top2[0] - top2[1]:.1%}, less than two standard deviations of "
            "this spread: which variant is best is not established by one run each."
            if len(top2) > 1 and top2[0] - top2[1] < 2 * best_std["CNN"] else

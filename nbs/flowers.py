@@ -310,7 +310,8 @@ if split == "large":
     if dp:
         o_dp, l_dp = off[off["run"] == "DP, equal q"].iloc[0], _lin.loc[_dp[0]]
         display(Markdown(
-            f"At equal q (σ = {o_dp['noise_multiplier']:.2f}, {int(o_dp['steps'])} steps, ε = {o_dp['epsilon_prv']:.2f}) "
+            f"At equal q (σ = {o_dp['noise_multiplier']:.2f}, {int(o_dp['steps'])} steps, ε = {o_dp['epsilon_prv']:.2f}, "
+            f"δ = {delta:g}, PRV, Poisson sampling, add/remove) "
             f"the DP linear head reaches {o_dp['top1']:.1%} top-1 on the official split against "
             f"{prose.mean_std(l_dp['top1'], l_dp['top1_std'], '.1%')} on the large one; without privacy "
             f"{off[off['run'] == 'non-private'].iloc[0]['top1']:.1%} against {_lin.loc['non-private', 'top1']:.1%}."))
