@@ -292,10 +292,10 @@ rep_df = pd.DataFrame(repeats)
 metric_cols = ["fid", "inception_score", *downstream_models]
 best_mean, best_std = rep_df[metric_cols].mean(), rep_df[metric_cols].std()
 for metric in metric_cols:
-    results.add(experiment="best DP generator, over seeds", dataset="MNIST", model=f"{best['loss']} GAN", dp=True,
-                epsilon=float(rep_df["epsilon_prv"].mean()), delta=delta, accountant=dpsgd.accountant_label("prv"),
-                metric=judge.metric_name(metric), value=float(best_mean[metric]), seconds=float(rep_df["seconds"].mean()),
-                seeds=len(rep_df), std=float(best_std[metric]) if len(rep_df) > 1 else None)
+    results.add_over_seeds(values=rep_df[metric], experiment="best DP generator, over seeds", dataset="MNIST",
+                           model=f"{best['loss']} GAN", dp=True, epsilon=float(rep_df["epsilon_prv"].mean()),
+                           delta=delta, accountant=dpsgd.accountant_label("prv"), metric=judge.metric_name(metric),
+                           seconds=float(rep_df["seconds"].mean()))
 display(rep_df[["seed", "label", "epsilon_prv", "CNN (validation)", *metric_cols]].style.format(precision=3)
         .hide(axis="index"))
 display(plots.caption(f"The DP generator chosen on validation data ({best['label']}) trained with each seed (δ = "

@@ -218,12 +218,10 @@ repeats = pd.DataFrame([rows[0]] + [run(True, s_) for s_ in seeds if s_ != seed]
 metric_cols = ["fid", "inception_score", *downstream_models]
 dp_mean, dp_std = repeats[metric_cols].mean(), repeats[metric_cols].std()
 for metric in metric_cols:
-    results.add(experiment="GS-WGAN generator, over seeds", dataset="MNIST", model="GS-WGAN", dp=True,
-                epsilon=rows[0]["epsilon_wbk"], delta=delta,
-                accountant="WBK bound (paper): shards sampled without replacement, replace-one",
-                metric=judge.metric_name(metric), value=float(dp_mean[metric]),
-                seconds=float(repeats["train_seconds"].mean()), seeds=len(repeats),
-                std=float(dp_std[metric]) if len(repeats) > 1 else None)
+    results.add_over_seeds(values=repeats[metric], experiment="GS-WGAN generator, over seeds", dataset="MNIST",
+                           model="GS-WGAN", dp=True, epsilon=rows[0]["epsilon_wbk"], delta=delta,
+                           accountant="WBK bound (paper): shards sampled without replacement, replace-one",
+                           metric=judge.metric_name(metric), seconds=float(repeats["train_seconds"].mean()))
 cols = ["label", "num_discriminators", "iterations", "noise_multiplier", "epsilon_wbk", "epsilon_rdp_poisson",
         "fid", "inception_score", *downstream_models, "train_seconds"]
 display(scores[cols].style.format(precision=3).set_caption(

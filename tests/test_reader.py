@@ -53,5 +53,18 @@ def test_results_save_writes_extra_tables_beside_the_csv(tmp_path: Path, monkeyp
     assert pd.read_csv(tmp_path / "demo_history.csv")["step"].tolist() == [1, 2]
 
 
+def test_a_mean_over_seeds_records_its_count_and_spread_and_one_seed_no_spread() -> None:
+    r = Results(chapter="demo", profile="smoke")
+    row = dict(experiment="e", dataset="d", model="m", dp=True, epsilon=1.0, delta=1e-5, accountant="prv",
+               metric="x", seconds=0.0)
+    assert r.add_over_seeds(values=[0.2, 0.4, 0.9], **row) == pytest.approx((0.5, 0.360555), rel=1e-5)
+    assert r.add_over_seeds(values=[0.3], **row) == (0.3, None)
+    df = r.frame()
+    assert df["seeds"].tolist() == [3, 1] and df["std"].iloc[0] == pytest.approx(0.360555, rel=1e-5)
+    assert pd.isna(df["std"].iloc[1])
+    with pytest.raises(ValueError):
+        r.add_over_seeds(values=[], **row)
+
+
 def test_page_stylesheet_wraps_code_and_outputs() -> None:
     assert "pre-wrap" in book.PAGE_CSS and "cell_input" in book.PAGE_CSS and "cell_output" in book.PAGE_CSS

@@ -19,7 +19,10 @@ Example::
 from __future__ import annotations
 
 import os
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -57,6 +60,23 @@ class Results:
                               accountant=accountant, metric=metric, value=value,
                               seconds=seconds, profile=self.profile, seeds=seeds,
                               std=None if seeds == 1 else std))
+
+    def add_over_seeds(self, *, values: Sequence[float], **row: Any) -> tuple[float, float | None]:
+        """Record the mean of ``values`` (one per seed) with their count and sample standard deviation
+        (empty for one seed); ``row`` is :meth:`add`'s other fields. Returns (mean, std).
+
+            >>> r = Results(chapter="demo", profile="smoke")
+            >>> r.add_over_seeds(values=[0.5, 0.7], experiment="e", dataset="d", model="m", dp=False, epsilon=None,
+            ...                  delta=None, accountant="", metric="x", seconds=0.0)
+            (0.6, 0.14142135623730948)
+        """
+        vals = [float(v) for v in values]
+        if not vals:
+            raise ValueError("add_over_seeds needs at least one value")
+        mean = statistics.fmean(vals)
+        std = statistics.stdev(vals) if len(vals) > 1 else None
+        self.add(value=mean, seeds=len(vals), std=std, **row)
+        return mean, std
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=COLUMNS)
