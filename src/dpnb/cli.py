@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dpnb.book import add_arguments
 
     add_arguments(pb)
+    from dpnb import launch
+
+    pt = sub.add_parser("train", help="one DP-SGD run of a book model (MNIST, Fashion-MNIST, CIFAR-10); torchrun too")
+    launch.add_arguments(pt)
     return p
 
 
@@ -210,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return privacy_main(a)
         if a.command == "bench":
             return bench_main(a)
+        if a.command == "train":
+            from dpnb.launch import main as train_main
+
+            return train_main(a)
         from dpnb.book import main as book_main
 
         return book_main(a)

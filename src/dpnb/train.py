@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from dpnb import dpsgd, privacy
+from dpnb import distributed, dpsgd, privacy
 from dpnb.devices import DEVICES, select_device
 from dpnb.params import ParameterError, check_budget, check_choice, check_int, check_number
 from dpnb.store import load_tensors, save_tensors
@@ -174,7 +174,16 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "_module", model)
+    """The model itself, without Opacus's ``GradSampleModule`` or a (DP-)DDP wrapper."""
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+    while True:
+        if hasattr(model, "_module"):
+            model = model._module
+        elif isinstance(model, (DPDDP, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
@@ -302,9 +311,14 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
                              + " (use dpnb.train.make_dp_compatible, which swaps BatchNorm for GroupNorm)")
     torch.manual_seed(config.seed)
     device = select_device(config.device)
+    world = distributed.world()
+    if world is not None and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     model = model.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     loader = _loader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)
+    if world is not None:
+        model, loader = _distribute(model, train_set, config, world)
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
@@ -372,6 +386,8 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
             steps = bk.steps
         else:
             steps += len(loader)
+            if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new order next epoch
+                loader.sampler.set_epoch(epoch)
         row: dict[str, Any] = dict(epoch=epoch, steps=steps, loss=tot_loss / max(seen, 1),
                                    train_accuracy=correct / max(seen, 1))
         if test_set is not None:
@@ -393,6 +409,42 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
     eps = {k.removeprefix("epsilon_"): float(rows[-1][k]) for k in rows[-1] if k.startswith("epsilon_")}
     return TrainResult(model=model, history=history, config=config, noise_multiplier=sigma,
                        sample_rate=sample_rate, steps=steps, epsilon=eps, seconds=time.perf_counter() - t_start)
+
+
+#: Under torchrun each process should expect about this many examples a step or more, so that no
+#: process draws an empty local batch (probability about e^-32 a step): Opacus's distributed sampler
+#: skips an empty batch, and the processes would fall out of step.
+MIN_LOCAL_BATCH = 32
+
+
+def _distribute(model: nn.Module, train_set: Dataset, config: TrainConfig, world: distributed.World
+                ) -> tuple[nn.Module, DataLoader]:
+    """Wrap for one of ``world.size`` processes (torchrun).
+
+    DP: Opacus's ``DPDDP`` (rank 0's weights broadcast to all); ``make_private`` then gives a
+    ``DistributedUniformWithReplacementSampler``: each process Poisson-samples its shard of the data
+    at the single-process rate q = 1/⌈N/B⌉, so every example joins a step's global batch independently
+    with probability q and the global run is the single-process mechanism; the noise is added once (rank
+    0) and the sums are averaged. Each process draws its masks from its own seed. Non-private: DDP
+    with a ``DistributedSampler`` and B/size examples per process."""
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+    from torch.utils.data import DistributedSampler
+
+    if config.dp:
+        if config.grad_sample_mode == "bk":
+            raise ParameterError("grad_sample_mode 'bk' runs in one process; under torchrun use hooks, functorch "
+                                 "or ghost")
+        if config.batch_size < MIN_LOCAL_BATCH * world.size:
+            raise ParameterError(f"batch_size must be at least {MIN_LOCAL_BATCH * world.size} with {world.size} "
+                                 f"processes (each process should expect {MIN_LOCAL_BATCH} examples a step or more); "
+                                 f"got {config.batch_size}")
+        model = DPDDP(model)
+        torch.manual_seed(config.seed + 1_000_003 * world.rank)  # independent Poisson masks per process
+        return model, _loader(train_set, batch_size=config.batch_size, shuffle=True)
+    model = nn.parallel.DistributedDataParallel(model)
+    sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,  # type: ignore[arg-type]
+                                 seed=config.seed)
+    return model, _loader(train_set, batch_size=max(1, config.batch_size // world.size), sampler=sampler)
 
 
 def _empty_step(model: nn.Module, optimizer: Any) -> None:
