@@ -8,7 +8,7 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX := $(VENV)/mathjax/node_modules/mathjax/es5/tex-chtml.js
 STAMP := $(VENV)/.installed
 
-.PHONY: setup book test browser lab clean
+.PHONY: setup book test test-tiny browser lab clean
 
 setup: $(STAMP) $(MATHJAX)
 
@@ -39,6 +39,10 @@ book: setup
 test: setup browser
 	$(BIN)/ruff check
 	$(BIN)/python -m pytest
+
+# The gpu profile's code paths under its --tiny overlay, every chapter that differs from smoke (minutes).
+test-tiny: setup
+	$(BIN)/python -m pytest -m gpu_tiny tests/test_profiles.py
 
 lab: setup
 	$(BIN)/jupyter lab nbs/

@@ -1,4 +1,5 @@
-"""The Flowers-102 chapter from the command line: `papermill nbs/flowers.ipynb out.ipynb -p ...`."""
+"""The Flowers-102 chapter from the command line: `papermill nbs/flowers.ipynb out.ipynb -p ...`
+(its smoke-build results are checked in test_book.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
-import yaml
 
 from conftest import ROOT
 
@@ -25,30 +24,6 @@ def papermill(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.Co
                PYTHONWARNINGS="ignore")
     return subprocess.run([*cmd, "nbs/flowers.ipynb", str(tmp_path / "out.ipynb"), *args, "--no-progress-bar"],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-@pytest.mark.slow
-@needs_data
-def test_smoke_profile_with_one_epoch_from_the_command_line(tmp_path: Path) -> None:
-    profile = yaml.safe_load((ROOT / "book" / "profiles.yml").read_text())["smoke"]["flowers"]
-    (tmp_path / "smoke.yml").write_text(yaml.safe_dump(dict(profile, profile="smoke")))
-    proc = papermill(tmp_path, "-f", str(tmp_path / "smoke.yml"), "-p", "epochs", "1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    df = pd.read_csv(tmp_path / "results" / "flowers.csv")
-    acc = df[df["metric"].str.startswith("test_top")]
-    assert set(acc["experiment"]) >= {"linear head, non-private", "linear head, DP", "deep head, DP",
-                                      "official split, linear head, DP, equal q"}
-    head = acc[acc["experiment"] == "linear head, DP"]
-    assert head["seeds"].eq(len(profile["seeds"])).all() and head["std"].notna().all()  # the headline: a mean
-    assert acc[acc["experiment"] == "deep head, DP"]["seeds"].eq(1).all()
-    official = acc[acc["dataset"] == "Flowers-102 official"]
-    assert len(official) == 4  # non-private and DP at equal q, top-1 and top-5
-    assert acc["value"].between(0, 1).all()
-    dp = acc[acc["dp"]]
-    assert dp["delta"].eq(1e-5).all() and dp["accountant"].str.contains("prv").all()
-    assert dp["epsilon"].between(0, 8.0 + 1e-6).all()
-    assert (df["metric"] == "seconds_per_step").sum() == 2  # 2 methods x 1 batch size
-    assert list((tmp_path / "cache").glob("flowers102-*.pt"))  # features were cached
 
 
 @pytest.mark.parametrize("args,message", [

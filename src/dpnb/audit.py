@@ -501,6 +501,7 @@ def _even(name: str, value: Any, done: dict[str, Any]) -> int:
 
 
 def _rules() -> dict[str, Any]:
+    from dpnb.chapters import PROFILES
     from dpnb.params import Choice, Each, Int, Number, Positive
 
     return dict(
@@ -512,7 +513,7 @@ def _rules() -> dict[str, Any]:
         bugs=Each(Choice(BUGS[1:]), empty=True), canary_pixels=Int(1, len(frame_pixels(2))), dirac_norm=Positive(),
         seeds=Each(Int(0)), max_grad_norm=Positive(), delta=Number(0, 1, open="both"),
         accountant=Choice(privacy.ACCOUNTANTS), confidence=Number(0, 1, open="both"), seed=Int(0),
-        profile=Choice(("smoke", "book", "gpu")))
+        profile=Choice(PROFILES))
 
 
 RULES = _rules()  # the checks of every :class:`Settings` field, in order (also the chapter's, :mod:`dpnb.chapters`)

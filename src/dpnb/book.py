@@ -19,10 +19,12 @@
 A failing chapter stops everything with its name, the failing cell and the error; its
 notebook is kept in ``<build>/failed/`` for inspection, and the HTML is not touched.
 
-With ``--workers N`` up to N chapters execute at once, each in its own process with
-``--threads`` threads for its kernel's numerical libraries (default: the machine's cores
-divided by N, so that N chapters do not oversubscribe the cores); after a failure no further
-chapter starts, the running ones finish, and the first failure is reported.
+With ``--workers N`` up to N chapters execute at once on Dask distributed (:mod:`dpnb.engine`,
+the engine of ``dpnb sweep`` too), each in its own worker process with ``--threads`` threads for
+its kernel's numerical libraries (default: the machine's cores divided by N, so that N chapters
+do not oversubscribe the cores); after a failure no further chapter starts, the running ones
+finish, and the first failure is reported. ``--scheduler ADDRESS`` sends the chapters to a
+running Dask scheduler instead of a local cluster.
 
 Example::
 
@@ -108,14 +110,44 @@ def chapters(root: Path) -> list[Chapter]:
     return [Chapter(Path(f).name, f) for f in toc_entries(root) if f.startswith("nbs/")]
 
 
-def profile_parameters(root: Path, profile: str, chapter: str) -> dict[str, Any]:
-    """Parameter overrides of ``profile`` for ``chapter`` (``book`` = none: the notebook's defaults)."""
+def profile_parameters(root: Path, profile: str, chapter: str, *, tiny: bool = False) -> dict[str, Any]:
+    """Parameter overrides of ``profile`` for ``chapter`` (``book`` = none: the notebook's defaults).
+
+    ``tiny`` (gpu only) lays the ``gpu-tiny`` overlay of ``book/profiles.yml`` over the gpu values:
+    the same code paths on little data and few steps (:func:`dpnb.chapters.shrinks`); the chapter
+    then records its profile as ``gpu-tiny``."""
     if profile not in PROFILES:
         raise ParameterError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
     data = yaml.safe_load((root / "book" / "profiles.yml").read_text()) or {}
     overrides = dict((data.get(profile) or {}).get(chapter) or {})
     overrides["profile"] = profile
+    if tiny:
+        if profile != "gpu":
+            raise ParameterError(f"--tiny shrinks the gpu profile; got --profile {profile}")
+        from dpnb.chapters import shrinks
+
+        small = (data.get("gpu-tiny") or {}).get(chapter) or {}
+        source = root / "nbs" / f"{chapter}.ipynb"
+        defaults = notebook_defaults(source) if source.is_file() else {}
+        for name, value in small.items():
+            if name not in defaults:
+                raise ParameterError(f"book/profiles.yml gpu-tiny.{chapter}: {chapter} has no parameter {name!r}")
+            if (why := shrinks(name, overrides.get(name, defaults[name]), value)) is not None:
+                raise ParameterError(f"book/profiles.yml gpu-tiny.{chapter}: {why}")
+        overrides.update(small, profile="gpu-tiny")
     return overrides
+
+
+def notebook_defaults(notebook: Path) -> dict[str, Any]:
+    """The values of the notebook's cell tagged ``parameters`` (its book profile)."""
+    nb = json.loads(notebook.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(f"{notebook.name} must have exactly one cell tagged 'parameters'; it has {len(cells)}")
+    src = cells[0]["source"]
+    namespace: dict[str, Any] = {}
+    exec("".join(src) if isinstance(src, list) else src, namespace)  # our own notebooks: plain assignments
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
 
 
 def _notebook_digest(path: Path) -> str:
@@ -125,11 +157,12 @@ def _notebook_digest(path: Path) -> str:
     return json.dumps(cells)
 
 
-def cache_key(root: Path, chapter: Chapter, parameters: dict[str, Any]) -> str:
-    """Hash of what a chapter's outputs depend on: its cells, its parameters and the dpnb source."""
+def cache_key(notebook: Path, parameters: dict[str, Any]) -> str:
+    """Hash of what a notebook's outputs depend on: its cells, its parameters, the data folder and
+    the dpnb source."""
     h = hashlib.sha256()
     h.update(__version__.encode())
-    h.update(_notebook_digest(chapter.source(root)).encode())
+    h.update(_notebook_digest(notebook).encode())
     h.update(json.dumps(parameters, sort_keys=True).encode())
     h.update(os.environ.get("DPNB_DATA", "").encode())
     pkg = Path(__file__).resolve().parent
@@ -143,46 +176,58 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, force: bool = False,
-                    threads: int | None = None) -> str:
+                    threads: int | None = None, tiny: bool = False) -> str:
     """Execute one chapter unless its cached copy is current; returns "cached" or "executed".
 
     ``threads`` caps the kernel's OpenMP/BLAS threads (set when several chapters run at once)."""
+    params = profile_parameters(root, profile, chapter.name, tiny=tiny)
+    return execute_notebook(root, chapter.source(root), name=chapter.name, parameters=params,
+                            executed=build / "executed" / f"{chapter.name}.ipynb", results=build / "results",
+                            failed=build / "failed" / f"{chapter.name}.ipynb", cache=build / "cache",
+                            label=f"chapter {chapter.toc_file}", force=force, threads=threads)
+
+
+def execute_notebook(root: Path, source: Path, *, name: str, parameters: dict[str, Any], executed: Path,
+                     results: Path, failed: Path, cache: Path, label: str, force: bool = False,
+                     threads: int | None = None) -> str:
+    """Execute ``source`` with ``parameters`` into ``executed`` unless that copy is current.
+
+    The one mechanism behind ``dpnb book`` and ``dpnb sweep``: the cache key (:func:`cache_key`)
+    sits beside the executed notebook; the tables the notebook saves (``$DPNB_RESULTS``) land in
+    ``results``; a failing notebook is kept at ``failed`` and :class:`ChapterFailed` names ``label``,
+    the cell and the error. Returns "cached" or "executed"."""
     import papermill as pm
 
-    params = profile_parameters(root, profile, chapter.name)
-    key = cache_key(root, chapter, params)
-    executed = build / "executed" / f"{chapter.name}.ipynb"
+    key = cache_key(source, parameters)
     key_file = executed.with_suffix(".key")
-    results = build / "results" / f"{chapter.name}.csv"
     if not force and executed.is_file() and key_file.is_file() and key_file.read_text() == key:
         return "cached"
-    for d in ("executed", "results"):
-        (build / d).mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"dpnb-{chapter.name}-", dir=build))
-    out = scratch / f"{chapter.name}.ipynb"
+    for d in (executed.parent, results):
+        d.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"dpnb-{name}-", dir=executed.parent))
+    out = scratch / f"{name}.ipynb"
     old_env = {k: os.environ.get(k) for k in ("DPNB_RESULTS", "JUPYTER_PATH", "DPNB_CACHE", PROGRESS_ENV, *THREAD_ENV)}
     if threads is not None:
         for k in THREAD_ENV:
             os.environ[k] = str(threads)
     os.environ["DPNB_RESULTS"] = str(scratch)
     # No progress bars inside the pages: papermill would keep every redraw as an output block.
-    # This command prints one line per chapter instead (see main()).
+    # The commands print one line per notebook instead.
     os.environ[PROGRESS_ENV] = "0"
     # Cached features (dpnb.features) live with the build unless the user chose a place.
-    os.environ["DPNB_CACHE"] = old_env["DPNB_CACHE"] or str(build / "cache")
+    os.environ["DPNB_CACHE"] = old_env["DPNB_CACHE"] or str(cache)
     # Prefer the kernel installed in this environment over any user-wide "python3" kernel.
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
         p for p in (str(Path(sys.prefix) / "share" / "jupyter"), old_env["JUPYTER_PATH"]) if p)
     try:
-        pm.execute_notebook(str(chapter.source(root)), str(out), parameters=params, cwd=str(root),
+        pm.execute_notebook(str(source), str(out), parameters=parameters, cwd=str(root),
                             kernel_name="python3", progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
-        failed = build / "failed" / f"{chapter.name}.ipynb"
-        failed.parent.mkdir(exist_ok=True)
+        failed.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(out), failed)
         first = next((line for line in e.source.splitlines() if line.strip()), "")
         raise ChapterFailed(
-            f"chapter {chapter.toc_file} failed in cell {e.cell_index} (`{first.strip()}`): "
+            f"{label} failed in cell {e.cell_index} (`{first.strip()}`): "
             f"{e.ename}: {e.evalue}  [notebook kept in {failed}]"
         ) from None
     finally:
@@ -194,8 +239,8 @@ def execute_chapter(root: Path, build: Path, chapter: Chapter, profile: str, *, 
         if not out.exists():
             shutil.rmtree(scratch, ignore_errors=True)
     hide_injected_parameters(out)
-    for csv in scratch.glob("*.csv"):  # the chapter's results and any extra tables it saved
-        os.replace(csv, results.with_name(csv.name))
+    for csv in scratch.glob("*.csv"):  # the notebook's results and any extra tables it saved
+        os.replace(csv, results / csv.name)
     os.replace(out, executed)
     key_file.write_text(key)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -340,70 +385,80 @@ def build_html(root: Path, build: Path) -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=PROFILES, default="book",
                    help="parameter profile: smoke (tests), book (defaults), gpu (full reproductions)")
-    p.add_argument("--only", metavar="CHAPTER", help="execute only this chapter (e.g. budget)")
+    p.add_argument("--tiny", action="store_true",
+                   help="with --profile gpu: the gpu code paths on little data and few steps (seconds on a CPU)")
+    p.add_argument("--only", metavar="CHAPTER", nargs="+", help="execute only these chapters (e.g. budget mnist)")
     p.add_argument("--build-dir", default=None, help="output folder (default book/_build)")
     p.add_argument("--force", action="store_true", help="re-execute even when the cache is current")
     p.add_argument("--no-html", action="store_true", help="execute the chapters only")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="chapters executed at once (default 1)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="threads per chapter when --workers > 1 (default: cores // workers)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="with --workers N: run the chapters on this Dask scheduler (tcp://host:8786) instead of "
+                        "a local cluster; its workers need this checkout and the data at the same paths")
 
 
 def _timed(root: Path, build: Path, chapter: Chapter, profile: str, force: bool,
-           threads: int | None) -> tuple[str, float]:
+           threads: int | None, tiny: bool = False) -> tuple[str, float]:
     t0 = time.perf_counter()
-    return execute_chapter(root, build, chapter, profile, force=force, threads=threads), time.perf_counter() - t0
+    state = execute_chapter(root, build, chapter, profile, force=force, threads=threads, tiny=tiny)
+    return state, time.perf_counter() - t0
+
+
+def _label(a: argparse.Namespace) -> str:
+    return "gpu-tiny" if a.tiny else a.profile
 
 
 def _execute_parallel(root: Path, build: Path, todo: list[Chapter], a: argparse.Namespace) -> None:
-    """Up to ``a.workers`` chapters at once, one process each. Once a chapter has failed no new one
-    starts; the running ones finish, and the failure of the chapter earliest in the book is raised."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    """Up to ``a.workers`` chapters at once on Dask (:mod:`dpnb.engine`), one worker process each.
+    Once a chapter has failed no new one starts; the running ones finish, and the failure of the
+    chapter earliest in the book is raised."""
+    from dpnb import engine
 
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.workers)
-    failures: dict[int, ChapterFailed] = {}
-    queue = list(todo)
-    with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
-        running: dict[Any, Chapter] = {}
-        while queue or running:
-            while queue and not failures and len(running) < a.workers:  # a new chapter only while all went well
-                ch = queue.pop(0)
-                print(f"[dpnb book] {ch.name} ({a.profile} profile, {threads} thread{'s' if threads > 1 else ''}) ...",
-                      flush=True)
-                running[pool.submit(_timed, root, build, ch, a.profile, a.force, threads)] = ch
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                ch = running.pop(fut)
-                try:
-                    state, seconds = fut.result()
-                    print(f"[dpnb book] {ch.name}: {state} in {seconds:.1f} s", flush=True)
-                except ChapterFailed as e:
-                    failures[todo.index(ch)] = e
-    if failures:
-        raise failures[min(failures)]
+    jobs = [engine.Job(ch.name, _timed, (root, build, ch, a.profile, a.force, threads, a.tiny)) for ch in todo]
+
+    def started(job: engine.Job) -> None:
+        print(f"[dpnb book] {job.key} ({_label(a)} profile, {threads} thread{'s' if threads > 1 else ''}) ...",
+              flush=True)
+
+    def done(out: engine.Outcome) -> None:
+        if out.ok:
+            state, seconds = out.value
+            print(f"[dpnb book] {out.key}: {state} in {seconds:.1f} s", flush=True)
+
+    with engine.connect(workers=a.workers, scheduler=a.scheduler) as client:
+        outcomes = engine.run(jobs, client=client, slots=None if a.scheduler else a.workers,
+                              stop_after_failure=True,
+                              on_start=started, on_done=done)
+    for out in outcomes:  # in the book's order: the earliest failure
+        if not out.ok:
+            if isinstance(out.error, ChapterFailed):
+                raise out.error
+            raise ChapterFailed(f"chapter {out.key} could not run: {type(out.error).__name__}: {out.error}")
 
 
 def main(a: argparse.Namespace) -> int:
     root = find_root()
-    build = Path(a.build_dir).resolve() if a.build_dir else root / "book" / "_build"
+    # a tiny run is a check of the gpu code paths, not the book: it builds apart from book/_build
+    build = (Path(a.build_dir).resolve() if a.build_dir else
+             root / "book" / "_build" / "gpu-tiny" if a.tiny else root / "book" / "_build")
     todo = chapters(root)
     if a.only:
         names = [c.name for c in todo]
-        if a.only not in names:
-            raise ParameterError(f"--only must be one of {', '.join(names)}; got {a.only!r}")
-        todo = [c for c in todo if c.name == a.only]
+        if bad := [n for n in a.only if n not in names]:
+            raise ParameterError(f"--only must be one of {', '.join(names)}; got {bad[0]!r}")
+        todo = [c for c in todo if c.name in a.only]  # in the book's order
     if a.workers < 1 or (a.threads is not None and a.threads < 1):
         raise ParameterError(f"--workers and --threads must be integers >= 1; got {a.workers} and {a.threads}")
     try:
-        if a.workers > 1 and len(todo) > 1:
+        if a.scheduler is not None or (a.workers > 1 and len(todo) > 1):
             _execute_parallel(root, build, todo, a)
-        for ch in (todo if a.workers == 1 or len(todo) == 1 else []):
+        for ch in (todo if a.scheduler is None and (a.workers == 1 or len(todo) == 1) else []):
             t0 = time.perf_counter()
-            print(f"[dpnb book] {ch.name} ({a.profile} profile) ...", flush=True)
-            state = execute_chapter(root, build, ch, a.profile, force=a.force)
+            print(f"[dpnb book] {ch.name} ({_label(a)} profile) ...", flush=True)
+            state = execute_chapter(root, build, ch, a.profile, force=a.force, tiny=a.tiny)
             print(f"[dpnb book] {ch.name}: {state} in {time.perf_counter() - t0:.1f} s", flush=True)
         if not a.no_html:
             t0 = time.perf_counter()

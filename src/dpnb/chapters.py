@@ -31,9 +31,10 @@ from dpnb import cost, gan, metrics, privacy, train
 from dpnb.data import TEST_SIZES, TRAIN_SIZES
 from dpnb.params import Choice, Device, Each, Flag, Int, Maybe, Number, ParameterError, Positive, Rule, Unless, validate
 
-__all__ = ["PROFILES", "RULES", "rules", "parameters"]
+__all__ = ["PROFILES", "RULES", "KEPT_BY_TINY", "rules", "parameters", "shrinks", "code_path"]
 
-PROFILES = ("smoke", "book", "gpu")  # the profiles of book/profiles.yml; "book" is the parameters cell
+PROFILES = ("smoke", "book", "gpu", "gpu-tiny")  # book/profiles.yml; "book" is the parameters cell, "gpu-tiny"
+# the gpu profile under its --tiny overlay (see shrinks)
 PROBABILITY = Number(0, 1, open="both")  # delta
 MNIST, CIFAR = TRAIN_SIZES["mnist"], TRAIN_SIZES["cifar10"]
 
@@ -88,8 +89,8 @@ RULES: dict[str, dict[str, Rule]] = {
         profile=Choice(PROFILES)),
     "cifar10": dict(
         epsilon=Positive(), delta=PROBABILITY, seed=Int(0), seeds=Each(Int(0)), device=Device(),
-        validation_size=Int(0, 10_000), cnn_limit=Maybe(Int(100, high=lambda p: CIFAR - p["validation_size"])),
-        test_limit=Maybe(Int(100, TEST_SIZES["cifar10"])), cnn_width=Int(8, 256), cnn_epochs=Int(1),
+        validation_size=Int(0, 10_000), cnn_limit=Maybe(Int(20, high=lambda p: CIFAR - p["validation_size"])),
+        test_limit=Maybe(Int(20, TEST_SIZES["cifar10"])), cnn_width=Int(8, 256), cnn_epochs=Int(1),
         cnn_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), cnn_learning_rate=Positive(),
         cnn_max_grad_norm=Positive(), baseline_learning_rate=Positive(),
         architectures=Each(Choice(_cifar_architectures)), scatter_limit=Maybe(Int(100, CIFAR)),
@@ -102,10 +103,10 @@ RULES: dict[str, dict[str, Rule]] = {
         scatter_cnn_learning_rate=Positive(), scale_model=Choice(["cnn", "wrn-16-4"]), scale_epochs=Int(1),
         scale_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), scale_learning_rate=Positive(),
         scale_multiplicities=Each(Int(0, 64)), scale_epsilons=Each(Positive()), ema_decay=Number(0, 1, open="high"),
-        backbone_weights=Choice(["imagenet", "none"]), backbone_limit=Int(100, CIFAR), backbone_epochs=Int(1),
+        backbone_weights=Choice(["imagenet", "none"]), backbone_limit=Int(20, CIFAR), backbone_epochs=Int(1),
         profile=Choice(PROFILES)),
     "flowers": dict(
-        split=Choice(["official", "large"]), limit=Maybe(Int(102)), epochs=Int(1),
+        split=Choice(["official", "large"]), limit=Maybe(Int(20)), epochs=Int(1),
         batch_size=Int(1, high=lambda p: _flowers_sizes(p)[0]), learning_rate=Positive(),
         momentum=Number(0, 1, open="high"), dp=Flag(), noise_multiplier=Maybe(Positive()),
         target_epsilon=Unless("noise_multiplier", Positive()), max_grad_norm=Positive(), delta=PROBABILITY,
@@ -170,3 +171,60 @@ def parameters(chapter: str, namespace: dict[str, Any]) -> dict[str, Any]:
     """``chapter``'s parameters taken from ``namespace`` (a notebook's globals), checked; see :func:`rules`."""
     return validate(rules(chapter), namespace)
 
+
+
+#: Numbers that choose which model or mechanism runs rather than how long: the ``--tiny`` overlay
+#: of the gpu profile keeps them (as it keeps every string and flag).
+KEPT_BY_TINY = frozenset({
+    "image_size", "width", "cnn_width", "z_dim", "num_discriminators", "critic_iters", "n_critic", "gan_critic",
+    "gswgan_discriminators", "gswgan_critic_iters", "merf_features", "components", "noise_multiplier",
+    "scatter_linear_groups", "ema_decay", "max_grad_norm", "cnn_max_grad_norm", "scatter_max_grad_norm",
+    "vae_max_grad_norm", "delta", "even_delta", "split_seed",
+})
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def shrinks(name: str, full: Any, small: Any) -> str | None:
+    """Why ``small`` is not a shrunk ``full`` (None when it is): what ``--tiny`` may do to a gpu value.
+
+    A number may go down (any number may replace None, "all the data"); a list of numbers (seeds, ε,
+    batch sizes) may get shorter, its numbers no larger than the largest of ``full``; strings, flags,
+    lists of names (methods, models, losses) and :data:`KEPT_BY_TINY` stay.
+
+        >>> shrinks("epochs", 40, 1), shrinks("seeds", [0, 1, 2], [0]), shrinks("limit", None, 600)
+        (None, None, None)
+        >>> shrinks("scale_model", "wrn-16-4", "cnn")
+        'scale_model: the tiny overlay keeps it (wrn-16-4), got cnn'
+    """
+    kept = f"{name}: the tiny overlay keeps it ({full}), got {small}"
+    if name in KEPT_BY_TINY or isinstance(full, (str, bool)) or isinstance(small, (str, bool)):
+        return None if small == full else kept
+    if full is None:
+        return None if _number(small) else kept
+    if _number(full):
+        lower = _number(small) and small <= full
+        return None if lower else f"{name}: the tiny overlay may only lower it ({full}), got {small}"
+    if isinstance(full, list) and any(isinstance(v, str) for v in full):  # methods, models, losses: code
+        return None if small == full else kept
+    if isinstance(full, list) and isinstance(small, list) and 0 < len(small) <= len(full):
+        top = max((v for v in full if _number(v)), default=None)
+        if top is not None and all(_number(v) and v <= top for v in small):
+            return None
+    return f"{name}: the tiny overlay may only shorten the list {full}, got {small}"
+
+
+def code_path(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that choose which code runs: strings, flags, lists holding strings and
+    :data:`KEPT_BY_TINY`; two runs that agree on these execute the same code on different sizes.
+
+        >>> code_path(dict(epochs=40, scale_model="wrn-16-4", width=64, seeds=[0], methods=["ghost"], profile="gpu"))
+        {'scale_model': 'wrn-16-4', 'width': 64, 'methods': ['ghost']}
+    """
+    def chooses(name: str, v: Any) -> bool:
+        return (name in KEPT_BY_TINY or isinstance(v, (str, bool))
+                or (isinstance(v, list) and any(isinstance(x, str) for x in v)))
+
+    return {k: v for k, v in parameters.items() if k != "profile" and chooses(k, v)}

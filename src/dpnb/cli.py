@@ -6,7 +6,8 @@
     dpnb privacy --sample-rate 0.01 --steps 5000 --noise-multiplier 1.0 --accountant prv --json
     dpnb privacy --dataset-size 60000 --batch-size 256 --epochs 60 --target-epsilon 3
 
-``dpnb book`` executes the chapters and builds the HTML book (see :mod:`dpnb.book`).
+``dpnb book`` executes the chapters and builds the HTML book (see :mod:`dpnb.book`); ``dpnb sweep``
+executes one chapter at every point of a parameter grid on Dask (see :mod:`dpnb.sweep`).
 
 Bad input prints one line, ``dpnb <command>: error: ...``, and exits with status 2.
 """
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dpnb.book import add_arguments
 
     add_arguments(pb)
+    from dpnb import sweep
+
+    ps = sub.add_parser("sweep", help="execute a chapter at every point of a parameter grid (Dask), one tidy CSV")
+    sweep.add_arguments(ps)
     from dpnb import launch
 
     pt = sub.add_parser("train", help="one DP-SGD run of a book model (MNIST, Fashion-MNIST, CIFAR-10); torchrun too")
@@ -218,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dpnb.launch import main as train_main
 
             return train_main(a)
+        if a.command == "sweep":
+            from dpnb.sweep import main as sweep_main
+
+            return sweep_main(a)
         from dpnb.book import main as book_main
 
         return book_main(a)
