@@ -44,49 +44,49 @@ def test_grid_parsing_and_points() -> None:
         sweep.parse_grid([[n, *map(str, range(11))] for n in "abc"])
 
 
-def test_a_bad_grid_fails_before_anything_runs(tmp_path: Path) -> None:
+def test_a_bad_grid_fails_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpnb.cli import main
+
     out = tmp_path / "out"
-    proc = run_dpnb("sweep", "nbs/mnist.ipynb", "-p", "batch_size", "256", "0", "--out", str(out))
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == ("dpnb sweep: error: point batch_size=0: batch_size must be an integer in "
-                                   "[1, 60000], got 0")
-    proc = run_dpnb("sweep", "nbs/mnist.ipynb", "-p", "epsilon", "1", "3", "--out", str(out))
-    assert proc.returncode == 2 and "-p epsilon: mnist.ipynb has no such parameter" in proc.stderr
-    proc = run_dpnb("sweep", "nbs/nope.ipynb", "-p", "x", "1", "--out", str(out))
-    assert proc.returncode == 2 and "NOTEBOOK must be an existing .ipynb file" in proc.stderr
-    proc = run_dpnb("sweep", "nbs/mnist.ipynb", "--out", str(out))
-    assert proc.returncode == 2 and "give at least one -p NAME VALUE" in proc.stderr
+    for args, message in [
+        (["-p", "batch_size", "256", "0"], "dpnb sweep: error: point batch_size=0: batch_size must be an integer in "
+                                           "[1, 60000], got 0\n"),
+        (["-p", "epsilon", "1", "3"], "-p epsilon: mnist.ipynb has no such parameter"),
+        ([], "give at least one -p NAME VALUE"),
+    ]:
+        assert main(["sweep", str(ROOT / "nbs" / "mnist.ipynb"), *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (args, err)
+    assert main(["sweep", str(ROOT / "nbs" / "nope.ipynb"), "-p", "x", "1", "--out", str(out)]) == 2
+    assert "NOTEBOOK must be an existing .ipynb file" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_sweep_runs_every_point_keeps_failures_apart_and_skips_done_points(tmp_path: Path) -> None:
     nb = _square_notebook(tmp_path / "square.ipynb")
     out = tmp_path / "out"
-    proc = run_dpnb("sweep", str(nb), "-p", "x", "1", "2", "3", "-p", "label", "a", "b", "--workers", "2",
-                    "--out", str(out))
+    grid = ["-p", "x", "1", "2", "3", "-p", "label", "a"]
+    proc = run_dpnb("sweep", str(nb), *grid, "--workers", "2", "--out", str(out))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "[dpnb sweep] square: 6 points (book profile) on 2 local workers" in proc.stdout
-    assert "4 of 6 points done" in proc.stdout
+    assert "[dpnb sweep] square: 3 points (book profile) on 2 local workers" in proc.stdout
+    assert "2 of 3 points done" in proc.stdout
     assert "dpnb sweep: point x=2,label=a failed: point x=2,label=a failed in cell 2" in proc.stdout
     assert "ValueError: x = 2 is refused" in proc.stdout
     results = pd.read_csv(out / "results.csv")
     assert list(results.columns[:2]) == ["x", "label"]  # the point's parameters lead
-    assert sorted(zip(results["x"], results["label"], results["value"])) == [
-        (1, "a", 1), (1, "b", 1), (3, "a", 9), (3, "b", 9)]
+    assert sorted(zip(results["x"], results["label"], results["value"])) == [(1, "a", 1), (3, "a", 9)]
     points = pd.read_csv(out / "points.csv")
-    assert list(points["state"]) == ["executed", "executed", "failed", "failed", "executed", "executed"]
+    assert list(points["state"]) == ["executed", "failed", "executed"]
     assert points.loc[points["state"] == "failed", "error"].str.contains("x = 2 is refused").all()
     assert (out / "square_x.png").stat().st_size > 10_000  # one figure per numeric swept parameter
     assert not (out / "square_label.png").exists()
     assert (out / "points" / "x=2,label=a" / "failed.ipynb").is_file()
-    executed = out / "points" / "x=3,label=b" / "square.ipynb"
-    assert "x = 3" in executed.read_text()  # papermill's injected parameters
-    # again: the four done points are not re-executed, the two failed ones are
-    proc = run_dpnb("sweep", str(nb), "-p", "x", "1", "2", "3", "-p", "label", "a", "b", "--workers", "2",
-                    "--out", str(out))
+    assert "x = 3" in (out / "points" / "x=3,label=a" / "square.ipynb").read_text()  # papermill's injected cell
+    # again: the two done points are not re-executed, the failed one is
+    proc = run_dpnb("sweep", str(nb), *grid, "--workers", "2", "--out", str(out))
     assert proc.returncode == 1
-    assert proc.stdout.count(": cached in") == 4 and proc.stdout.count("FAILED") == 2
-    assert len(pd.read_csv(out / "results.csv")) == 4
+    assert proc.stdout.count(": cached in") == 2 and proc.stdout.count("FAILED") == 1
+    assert len(pd.read_csv(out / "results.csv")) == 2
 
 
 def _fail_on(x: int) -> int:
