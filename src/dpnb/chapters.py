@@ -93,7 +93,10 @@ RULES: dict[str, dict[str, Rule]] = {
         test_limit=Maybe(Int(20, TEST_SIZES["cifar10"])), cnn_width=Int(8, 256), cnn_epochs=Int(1),
         cnn_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), cnn_learning_rate=Positive(),
         cnn_max_grad_norm=Positive(), baseline_learning_rate=Positive(),
-        architectures=Each(Choice(_cifar_architectures)), scatter_limit=Maybe(Int(100, CIFAR)),
+        architectures=Each(Choice(_cifar_architectures)), smoothnet_width=Number(0.125, 16),
+        smoothnet_depth=Number(1, 10), smoothnet_epochs=Int(1),
+        smoothnet_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), smoothnet_learning_rates=Each(Positive()),
+        scatter_limit=Maybe(Int(100, CIFAR)),
         search_learning_rates=Each(Positive(), empty=True), search_groups=Each(Choice([1, 3, 9, 27, 81, 243]),
                                                                                empty=True),
         scatter_epochs=Int(1), scatter_batch_size=Int(1, high=lambda p: p["scatter_limit"] or CIFAR),
@@ -179,7 +182,7 @@ KEPT_BY_TINY = frozenset({
     "image_size", "width", "cnn_width", "z_dim", "num_discriminators", "critic_iters", "n_critic", "gan_critic",
     "gswgan_discriminators", "gswgan_critic_iters", "merf_features", "components", "noise_multiplier",
     "scatter_linear_groups", "ema_decay", "max_grad_norm", "cnn_max_grad_norm", "scatter_max_grad_norm",
-    "vae_max_grad_norm", "delta", "even_delta", "split_seed",
+    "vae_max_grad_norm", "delta", "even_delta", "split_seed", "smoothnet_width", "smoothnet_depth",
 })
 
 

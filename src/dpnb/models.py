@@ -4,6 +4,8 @@
   activations") and Tramèr & Boneh (2021, Table 9) for MNIST: two strided convolutions with
   max-pooling, a 32-unit dense layer; ``tanh`` activations, which keep activations (and so
   gradients) bounded, work better under clipping than ReLU.
+* :func:`cifar_cnn` (the CIFAR-10 chapter's CNN and its variants), :func:`smoothnet` (Remerscheid
+  et al. 2022's SmoothNet, W80D50 and smaller), :func:`wide_resnet` (De et al. 2022's WRN-16-4).
 
 Example::
 
@@ -140,6 +142,67 @@ def cifar_cnn(*, activation: str = "tanh", norm: bool = True, pool_then_norm: bo
                 layers.append(MaxPool2d(kernel_size=2, stride=2))
             c_in = c
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+
+class _SmoothBlock(nn.Sequential):
+    """SmoothNet's block (Remerscheid et al. 2022): 3x3 conv without bias, max-pool 3x3 stride 1
+    (same size), GroupNorm, SELU."""
+
+    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), MaxPool2d(3, stride=1, padding=1),
+                         nn.GroupNorm(min(groups, c_out), c_out), nn.SELU())
+
+
+class _DenseStack(nn.Module):
+    """Blocks that each read the concatenation of the stack's input and every earlier block's output;
+    the stack returns that concatenation including the last output (no bottlenecks)."""
+
+    def __init__(self, c_in: int, c_out: int, blocks: int, groups: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_SmoothBlock(c_in + i * c_out, c_out, groups) for i in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = torch.cat([x, block(x)], dim=1)
+        return x
+
+
+class _LastChannels(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, -self.n:]
+
+
+def smoothnet(*, width: float = 8.0, depth: float = 5.0, groups: int = 8, num_classes: int = 10) -> nn.Sequential:
+    """SmoothNet (Remerscheid et al. 2022, "SmoothNets: Optimizing CNN architecture design for
+    differentially private deep learning"; TUM-AIMED PrivateModelArchitectures,
+    ``classification/SmoothNet.py``): a wide DenseNet without bottlenecks, SELU and GroupNorm.
+
+    Two dense stacks of ``round(depth)`` blocks with ``round(8 * width)`` and ``round(16 * width)``
+    output channels per block; between them a 1x1 convolution halving the channels and 2x2 average
+    pooling; the head pools 2x2, keeps the last block's channels, pools adaptively to 4x4 and ends in
+    fully connected 256 → 128 → classes with SELU. The paper's W80D50 is ``width=8, depth=5``
+    (3,391,853 parameters); smaller ``width``/``depth`` give the book profile's version.
+
+        >>> sum(p.numel() for p in smoothnet(width=1, depth=1).parameters())
+        101017
+    """
+    c0, c1, n = round(8 * width), round(16 * width), round(depth)
+    if c0 < 1 or n < 1:
+        from dpnb.params import ParameterError
+
+        raise ParameterError(f"width and depth must give at least one channel and one block; got {width}, {depth}")
+    out0 = 3 + n * c0
+    mid = out0 // 2
+    return nn.Sequential(
+        _DenseStack(3, c0, n, groups),
+        nn.Conv2d(out0, mid, 1, bias=False), nn.AvgPool2d(2, 2),
+        _DenseStack(mid, c1, n, groups),
+        nn.AvgPool2d(2, 2), _LastChannels(c1), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(16 * c1, 256), nn.SELU(), nn.Linear(256, 128), nn.SELU(), nn.Linear(128, num_classes))
 
 
 class _WideBlock(nn.Module):
