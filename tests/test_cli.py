@@ -1,12 +1,38 @@
-"""`dpnb privacy`: the numbers, the JSON, and a one-line error with exit 2 for bad input."""
+"""`dpnb privacy` and `dpnb bench`: the numbers, the JSON, and a one-line error with exit 2 for bad input.
+
+The console script itself runs in a fresh process in a few tests (the reference run, one bad input, the
+bench); the others call `dpnb.cli.main` in this process, which answers the same way without paying
+4 to 6 s of imports per case.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Callable
 
 import pytest
 
 from conftest import run_dpnb
+
+Dpnb = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def dpnb(capsys: pytest.CaptureFixture[str]) -> Dpnb:
+    """`dpnb ARGS...` in this process: exit status, stdout and stderr, as `run_dpnb` returns them."""
+    from dpnb.cli import main
+
+    def call(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        try:
+            rc = main(list(args))
+        except SystemExit as e:  # argparse's own errors
+            rc = e.code if isinstance(e.code, int) else 2
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["dpnb", *args], rc, out.out, out.err)
+
+    return call
 
 REF = ["--dataset-size", "60000", "--batch-size", "256", "--noise-multiplier", "1.1", "--epochs", "60",
        "--delta", "1e-5"]
@@ -21,8 +47,8 @@ def test_reference_run_text() -> None:
     assert "optimal RDP order  = 8.1" in proc.stdout
 
 
-def test_reference_run_json() -> None:
-    proc = run_dpnb("privacy", *REF, "--json")
+def test_reference_run_json(dpnb: Dpnb) -> None:
+    proc = dpnb("privacy", *REF, "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["steps"] == 14063
@@ -33,8 +59,8 @@ def test_reference_run_json() -> None:
     assert out["epsilon"]["prv"] == pytest.approx(2.39, abs=0.02)
 
 
-def test_sample_rate_and_steps_single_accountant() -> None:
-    proc = run_dpnb("privacy", "--sample-rate", "0.01", "--steps", "1000", "--noise-multiplier", "1.0",
+def test_sample_rate_and_steps_single_accountant(dpnb: Dpnb) -> None:
+    proc = dpnb("privacy", "--sample-rate", "0.01", "--steps", "1000", "--noise-multiplier", "1.0",
                     "--accountant", "rdp", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -42,8 +68,8 @@ def test_sample_rate_and_steps_single_accountant() -> None:
     assert out["steps"] == 1000 and out["sample_rate"] == 0.01
 
 
-def test_target_epsilon_prints_calibrated_sigma() -> None:
-    proc = run_dpnb("privacy", "--sample-rate", "0.004", "--steps", "10000", "--target-epsilon", "2",
+def test_target_epsilon_prints_calibrated_sigma(dpnb: Dpnb) -> None:
+    proc = dpnb("privacy", "--sample-rate", "0.004", "--steps", "10000", "--target-epsilon", "2",
                     "--accountant", "rdp", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -51,7 +77,7 @@ def test_target_epsilon_prints_calibrated_sigma() -> None:
     assert 0.5 < sigma < 5
     assert 1.98 <= out["epsilon"]["rdp"] <= 2.0
     # and feeding that sigma back gives the same epsilon
-    back = json.loads(run_dpnb("privacy", "--sample-rate", "0.004", "--steps", "10000", "--noise-multiplier",
+    back = json.loads(dpnb("privacy", "--sample-rate", "0.004", "--steps", "10000", "--noise-multiplier",
                                str(sigma), "--accountant", "rdp", "--json").stdout)
     assert back["epsilon"]["rdp"] == pytest.approx(out["epsilon"]["rdp"])
 
@@ -71,10 +97,10 @@ BAD = [
 
 
 @pytest.mark.parametrize("override, message", BAD)
-def test_bad_input_one_line_exit_2(override: list[str], message: str) -> None:
+def test_bad_input_one_line_exit_2(override: list[str], message: str, dpnb: Dpnb) -> None:
     args = dict(zip(REF[::2], REF[1::2]))
     args.update(dict(zip(override[::2], override[1::2])))
-    proc = run_dpnb("privacy", *[x for kv in args.items() for x in kv])
+    proc = dpnb("privacy", *[x for kv in args.items() for x in kv])
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -82,6 +108,15 @@ def test_bad_input_one_line_exit_2(override: list[str], message: str) -> None:
     assert lines[0].startswith("dpnb privacy: error: ")
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_console_script_bad_input_is_one_line_exit_2() -> None:
+    """The installed `dpnb` script, in its own process: exit status 2 and one line on stderr, no traceback."""
+    proc = run_dpnb("privacy", "--sample-rate", "0.1", "--steps", "10", "--noise-multiplier", "1",
+                    "--accountant", "moments")
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dpnb privacy: error: ") and "invalid choice: 'moments'" in lines[0]
 
 
 @pytest.mark.parametrize(
@@ -101,8 +136,8 @@ def test_bad_input_one_line_exit_2(override: list[str], message: str) -> None:
          "invalid choice: 'moments'"),
     ],
 )
-def test_more_bad_input(args: list[str], message: str) -> None:
-    proc = run_dpnb("privacy", *args)
+def test_more_bad_input(args: list[str], message: str, dpnb: Dpnb) -> None:
+    proc = dpnb("privacy", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -137,16 +172,16 @@ def test_bench_prints_a_table(tmp_path) -> None:
         (["--max-batches", "0"], "--max-batches must be an integer >= 1"),
     ],
 )
-def test_bench_bad_input(args: list[str], message: str) -> None:
-    proc = run_dpnb("bench", *args)
+def test_bench_bad_input(args: list[str], message: str, dpnb: Dpnb) -> None:
+    proc = dpnb("bench", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
-def test_bench_without_data_is_one_line(tmp_path, monkeypatch) -> None:
+def test_bench_without_data_is_one_line(tmp_path, monkeypatch, dpnb: Dpnb) -> None:
     monkeypatch.setenv("DPNB_DATA", str(tmp_path))  # an empty folder: MNIST is not there
-    proc = run_dpnb("bench", "--max-batches", "1", "--batch-sizes", "64", timeout=300)
+    proc = dpnb("bench", "--max-batches", "1", "--batch-sizes", "64", timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dpnb bench: error: mnist: not found under"), proc.stderr
@@ -158,18 +193,18 @@ def test_bench_without_data_is_one_line(tmp_path, monkeypatch) -> None:
     ["--sample-rate", "0.01", "--steps", "10000000", "--noise-multiplier", "1"],
     ["--sample-rate", "1", "--steps", "10", "--noise-multiplier", "1e-6"],
 ])
-def test_prv_out_of_reach_is_reported_next_to_rdp(args: list[str]) -> None:
+def test_prv_out_of_reach_is_reported_next_to_rdp(args: list[str], dpnb: Dpnb) -> None:
     """Inputs that used to exhaust memory (22 GB) or end in a traceback: RDP answers, PRV says why not."""
-    proc = run_dpnb("privacy", *args, "--json", timeout=120)
+    proc = dpnb("privacy", *args, "--json", timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["epsilon"]["rdp"] > 0 and out["epsilon"]["prv"] is None
     assert "its grid would need" in out["unavailable"]["prv"]
-    text = run_dpnb("privacy", *args, timeout=120)
+    text = dpnb("privacy", *args, timeout=120)
     assert "= not computed (PRV): its grid would need" in text.stdout  # epsilon, or sigma for a target
 
 
-def test_small_target_is_reached_by_both_accountants() -> None:
-    proc = run_dpnb("privacy", "--sample-rate", "0.01", "--steps", "100", "--target-epsilon", "0.1", "--json")
+def test_small_target_is_reached_by_both_accountants(dpnb: Dpnb) -> None:
+    proc = dpnb("privacy", "--sample-rate", "0.01", "--steps", "100", "--target-epsilon", "0.1", "--json")
     out = json.loads(proc.stdout)
     assert proc.returncode == 0 and all(e <= 0.1 for e in out["epsilon"].values())

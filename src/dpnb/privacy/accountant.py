@@ -156,7 +156,7 @@ def calibrate_noise_multiplier(
     hi, f_hi = 1.0, f(1.0)
     while f_hi > 0:
         hi *= 2
-        if hi > sigma_max:
+        if hi > sigma_max or (hi == 2048 and f(sigma_max) > 0):  # past σ = 1024, ask sigma_max once
             raise unreachable()
         f_hi = f(hi)
     lo, f_lo = hi / 2, f(hi / 2)
