@@ -111,3 +111,47 @@ def test_weight_standardisation() -> None:
         before = ws(x)
         ws.weight.mul_(3.0).add_(0.7)
     torch.testing.assert_close(ws(x), before, atol=5e-3, rtol=5e-3)  # up to the 1e-5 in the variance
+
+
+def test_steps_run_exactly_as_stated_and_ema_reads_the_same_run() -> None:
+    images, y = torch.rand(64, 3, 8, 8), torch.arange(64) % 3
+    ds = TensorDataset(images, y)
+    run = scale.train_augmult(small_cnn(), ds, ds, steps=6, batch_size=16, lr=0.1, max_grad_norm=1.0,
+                              delta=1e-5, noise_multiplier=1.0, ema_decay=0.9, progress=False)
+    assert run["steps"] == 6 and list(run["history"]["steps"]) == [4, 6]  # a pass of 4 steps, then 2
+    plain = scale.train_augmult(small_cnn(), ds, ds, steps=6, batch_size=16, lr=0.1, max_grad_norm=1.0,
+                                delta=1e-5, noise_multiplier=1.0, progress=False)
+    # the average is post-processing: the iterate is the one a run without EMA ends at
+    for a, b in zip(run["raw_model"].parameters(), plain["model"].parameters()):
+        torch.testing.assert_close(a, b)
+    assert run["test_accuracy_raw"] == plain["test_accuracy"]
+    with pytest.raises(Exception, match="exactly one of epochs and steps"):
+        scale.train_augmult(small_cnn(), ds, None, epochs=1, steps=4, batch_size=16, lr=0.1, max_grad_norm=1.0,
+                            delta=1e-5, noise_multiplier=1.0, progress=False)
+
+
+def test_compare_techniques_tunes_on_validation_and_tests_the_chosen_model_once() -> None:
+    g = torch.Generator().manual_seed(0)
+    make = lambda n: TensorDataset(torch.rand(n, 3, 8, 8, generator=g), torch.arange(n) % 3)  # noqa: E731
+    train_set, val, test = make(64), make(30), make(20)
+
+    def model_fn(ws: bool) -> nn.Module:
+        m = small_cnn()
+        return scale.standardize_weights(m) if ws else m
+
+    variants = scale.technique_variants(2, equal_compute=True)
+    search, chosen = scale.compare_techniques(
+        model_fn, train_set, val, test, variants=variants, learning_rates=[0.05, 0.5], steps=4, ema_decay=0.9,
+        progress=False, batch_size=16, max_grad_norm=1.0, delta=1e-5, target_epsilon=4.0, seed=0)
+    assert len(search) == len(variants) * 2 and list(chosen["variant"]) == [v["name"] for v in variants]
+    for row in chosen.itertuples():  # the chosen learning rate has the best validation accuracy
+        scores = search[search["variant"] == row.variant].set_index("lr")["validation_accuracy"]
+        assert row.validation_accuracy == scores.max() and scores[row.lr] == scores.max()
+    by = chosen.set_index("variant")
+    assert by.loc["plain DP-SGD", "steps"] == by.loc["K = 2", "steps"] == 4
+    assert by.loc["plain DP-SGD, 2x steps", "steps"] == 8  # the gradient work of two views
+    # every variant ends at the same epsilon; twice the steps at that epsilon need more noise
+    assert (chosen["epsilon_prv"] <= 4.0 + 1e-9).all() and (chosen["epsilon_prv"] > 3.9).all()
+    assert by.loc["plain DP-SGD, 2x steps", "noise_multiplier"] > by.loc["plain DP-SGD", "noise_multiplier"]
+    assert by.loc["EMA", "noise_multiplier"] == by.loc["plain DP-SGD", "noise_multiplier"]
+    assert chosen["test_accuracy"].between(0, 1).all()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpnb.params import check_choice
+from dpnb.params import ParameterError, check_choice
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "selu": nn.SELU}
 
@@ -120,20 +120,36 @@ def cifar_architectures(width: int) -> dict[str, dict[str, object]]:
     return {k: {"width": width} | v for k, v in variants.items()}
 
 
-def cifar_cnn(*, activation: str = "tanh", norm: bool = True, pool_then_norm: bool = False, width: int = 32,
-              depth: int = 2, groups: int = 8, num_classes: int = 10) -> nn.Sequential:
+def cifar_cnn(*, activation: str = "tanh", norm: bool = True, pool_then_norm: bool = False, norm_first: bool = False,
+              width: int = 32, depth: int = 2, groups: int = 8, num_classes: int = 10) -> nn.Sequential:
     """A small CIFAR-10 CNN with the SmoothNets knobs (Remerscheid et al. 2022): ``depth`` stages of
     two 3x3 convolutions (``width * 2**stage`` channels), each followed by the activation and, with
     ``norm``, GroupNorm; max-pooling closes a stage, before the last GroupNorm when
-    ``pool_then_norm``. Global average pooling and a linear classifier at the end."""
+    ``pool_then_norm``. Global average pooling and a linear classifier at the end.
+
+    ``norm_first`` puts GroupNorm between each convolution and its activation (conv, GroupNorm,
+    activation, as in the blocks of De et al.'s WRN), the order that weight standardisation assumes:
+    the normalisation then sees the convolution's output directly.
+
+        >>> [type(m).__name__ for m in cifar_cnn(norm_first=True, activation="relu", depth=1)][:4]
+        ['Conv2d', 'GroupNorm', 'ReLU', 'Conv2d']
+    """
     act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
+    if norm_first and (pool_then_norm or not norm):
+        raise ParameterError("norm_first needs norm=True and pool_then_norm=False")
     layers: list[nn.Module] = []
     c_in = 3
     for stage in range(depth):
         c = width * 2 ** stage
         for i in range(2):
-            layers += [nn.Conv2d(c_in, c, kernel_size=3, padding=1), act()]
             last = i == 1
+            if norm_first:
+                layers += [nn.Conv2d(c_in, c, kernel_size=3, padding=1), nn.GroupNorm(min(groups, c), c), act()]
+                if last:
+                    layers.append(MaxPool2d(kernel_size=2, stride=2))
+                c_in = c
+                continue
+            layers += [nn.Conv2d(c_in, c, kernel_size=3, padding=1), act()]
             if last and pool_then_norm:
                 layers.append(MaxPool2d(kernel_size=2, stride=2))
             if norm:

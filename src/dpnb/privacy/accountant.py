@@ -86,6 +86,7 @@ def label(event: SampledGaussianEvent, accountant: str) -> str:
     return event.label(name)
 
 
+@functools.lru_cache(maxsize=4096)  # deterministic; calibrations and repeated runs ask the same question
 def epsilon(event: SampledGaussianEvent, *, delta: float, accountant: Accountant = "rdp",
             prv_eps_error: float = 0.01) -> float:
     """ε at ``delta`` of the run ``event`` describes, under ``accountant`` (see the module table).
@@ -108,6 +109,7 @@ def epsilon(event: SampledGaussianEvent, *, delta: float, accountant: Accountant
 
 
 @functools.lru_cache(maxsize=512)  # pure: runs that share an event and a target calibrate once
+@functools.lru_cache(maxsize=512)  # searches repeat the same calibration (PRV past max_seconds: the first answer)
 def calibrate_noise_multiplier(
     event: SampledGaussianEvent,
     *,
