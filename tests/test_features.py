@@ -183,3 +183,41 @@ def test_top_k_accuracy() -> None:
     assert transfer.top_k_accuracy(logits, labels, k=1) == pytest.approx(1 / 3)
     assert transfer.top_k_accuracy(logits, labels, k=2) == pytest.approx(1 / 3)
     assert transfer.top_k_accuracy(logits, labels, k=3) == 1.0
+
+
+@pytest.mark.skipif(not os.environ.get("DPNB_DATA"), reason="needs the real data (DPNB_DATA)")
+def test_vgg16_variants_train_what_they_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opacus import GradSampleModule
+
+    monkeypatch.setenv("DPNB_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no ImageNet weights here
+
+    def offline(*a: object, **k: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    kw = dict(limit=24, seed=0, device=torch.device("cpu"), image_size=32)
+    with pytest.raises(ParameterError, match="vgg16 ImageNet weights"):
+        transfer.cifar10_vgg16("fully pretrained", **kw)
+    head, train, test, weights = transfer.cifar10_vgg16("fully pretrained", backbone_weights="none", **kw)
+    assert isinstance(head, nn.Linear) and weights == "none"  # frozen features: only the head is trained
+    assert train.tensors[0].shape == (24, 512) and test.tensors[0].shape == (24, 512)
+    clf, train2, _, _ = transfer.cifar10_vgg16("features pretrained, classifier trained", backbone_weights="none",
+                                               **kw)
+    assert [type(m).__name__ for m in clf] == ["Linear", "ReLU", "Linear"]
+    torch.testing.assert_close(train2.tensors[0], train.tensors[0])  # the same cached features
+    net, images, _, w = transfer.cifar10_vgg16("from scratch", **kw)
+    assert w == "none" and images.tensors[0].shape == (24, 3, 32, 32)
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) > 14_700_000  # every layer trains
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    # Opacus's per-example gradients on the whole VGG16 equal autograd's, example by example
+    x, y = images.tensors[0][:2], images.tensors[1][:2]
+    gsm = GradSampleModule(net, loss_reduction="sum")
+    nn.functional.cross_entropy(gsm(x), y, reduction="sum").backward()
+    first = next(p for p in net.parameters())
+    per_example = first.grad_sample.clone()
+    gsm._close()
+    for i in range(2):
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x[i:i + 1]), y[i:i + 1], reduction="sum").backward()
+        torch.testing.assert_close(per_example[i], first.grad, rtol=1e-4, atol=1e-6)

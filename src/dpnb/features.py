@@ -124,6 +124,28 @@ def _fuse_batchnorm(block: nn.Module) -> nn.Module:
     return block
 
 
+def vgg16_features(*, weights: str) -> nn.Sequential:
+    """torchvision's VGG16 without its classifier: 13 convolutions with ReLU and 5 max-pools, 14.7M
+    parameters, 512 channels at 1/32 of the input size. Plain VGG16 has no BatchNorm, so it is
+    DP-compatible as it is; its ReLUs are made to copy, for Opacus's hooks. ``weights="imagenet"``
+    raises :class:`WeightsUnavailable` when they cannot be had.
+
+        >>> f = vgg16_features(weights="none")
+        >>> tuple(f(torch.zeros(1, 3, 64, 64)).shape), sum(p.numel() for p in f.parameters())
+        ((1, 512, 2, 2), 14714688)
+    """
+    from torchvision.models import vgg16
+
+    weights = check_choice("backbone_weights", weights, BACKBONE_WEIGHTS)
+    net = vgg16(weights=None)
+    if weights == "imagenet":
+        net.load_state_dict(imagenet_state_dict("vgg16"))
+    for m in net.features.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return net.features
+
+
 def backbone(*, weights: str, cut: str = "pool") -> tuple[nn.Module, nn.Module]:
     """ResNet-18 split into a frozen trunk and the rest: ``(trunk, rest)``.
 

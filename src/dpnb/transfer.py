@@ -33,6 +33,7 @@ from dpnb.features import (
     extract,
     imagenet_weights_available,
     scatternet,
+    vgg16_features,
 )
 from dpnb.params import ParameterError, check_choice
 
@@ -188,6 +189,68 @@ def cifar10_backbone_features(*, weights: str, limit: int, seed: int, device: to
     return FeatureData(train=out[0], test=out[1], extractor="resnet18", description=description,
                        shape=tuple(out[0].tensors[0].shape[1:]), deep_head=deep_head,
                        seconds=time.perf_counter() - t0)
+
+
+#: The VGG16 variants of the original CIFAR-10 experiments: (weights, what DP-SGD trains).
+VGG16_VARIANTS = {
+    "fully pretrained": ("imagenet", "linear head on the frozen features"),
+    "features pretrained, classifier trained": ("imagenet", "a new 2-layer classifier on the frozen features"),
+    "from scratch": ("none", "every layer, from random initialisation"),
+}
+
+
+def _cifar10_images(*, limit: int, seed: int, image_size: int) -> tuple[TensorDataset, TensorDataset]:
+    """Seeded CIFAR-10 subsets (``limit`` training images, as many test images), resized to ``image_size``
+    and ImageNet-normalised."""
+    from torchvision import transforms as T
+
+    prep = T.Compose([T.Resize(image_size, antialias=False), T.Normalize(*data.NORMALIZATION["flowers102"])])
+    out = []
+    for split, n in (("train", limit), ("test", min(limit, CIFAR10_SIZES["test"]))):
+        x, y = data.cifar10_tensors(split=split, limit=n, seed=seed, normalize=False).tensors
+        out.append(TensorDataset(torch.cat([prep(b) for b in x.split(1024)]), y))
+    return out[0], out[1]
+
+
+def cifar10_vgg16(variant: str, *, limit: int, seed: int, device: torch.device, backbone_weights: str = "imagenet",
+                  image_size: int = 64, hidden: int = 256,
+                  progress: bool = False) -> tuple[nn.Module, TensorDataset, TensorDataset, str]:
+    """One VGG16 variant (:data:`VGG16_VARIANTS`) on seeded CIFAR-10 subsets: ``(model, train, test, weights)``.
+
+    ``backbone_weights="none"`` gives the pretrained variants random weights instead (to exercise the
+    code where ImageNet weights are missing); the weights used are returned.
+
+    The pretrained variants cache the frozen features once (512 x (image_size/32)^2 values per image)
+    and return the trainable part alone: a linear layer, or Linear-ReLU-Linear with ``hidden`` units.
+    ``from scratch`` returns the whole network (random VGG16 features, flattening, the same classifier)
+    and the images themselves. Without ImageNet weights the pretrained variants raise
+    :class:`~dpnb.params.ParameterError`.
+    """
+    weights, _ = VGG16_VARIANTS[check_choice("variant", variant, VGG16_VARIANTS)]
+    if weights == "imagenet":
+        weights = check_choice("backbone_weights", backbone_weights, ("imagenet", "none"))
+    torch.manual_seed(seed)
+    try:
+        trunk = vgg16_features(weights=weights)
+    except WeightsUnavailable as e:
+        raise ParameterError(str(e)) from None
+    train_set, test_set = _cifar10_images(limit=limit, seed=seed, image_size=image_size)
+    dim = 512 * (image_size // 32) ** 2
+
+    def classifier() -> nn.Sequential:
+        return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    if variant == "from scratch":
+        return nn.Sequential(trunk, nn.Flatten(), classifier()), train_set, test_set, weights
+    trunk = trunk.to(device).eval()
+    frozen = []
+    for split, ds in (("train", train_set), ("test", test_set)):
+        fs = extract(ds, lambda x: trunk(x).flatten(1),  # noqa: B023 (used at once)
+                     key=f"cifar10-{split}{len(ds)}-seed{seed}-vgg16-{weights}-{image_size}px", device=device,
+                     progress=progress)
+        frozen.append(TensorDataset(*fs.tensors()))
+    head = nn.Linear(dim, 10) if variant == "fully pretrained" else classifier()
+    return head, frozen[0], frozen[1], weights
 
 
 def frozen_features(fd: FeatureData, *, device: torch.device, batch_size: int = 256) -> FeatureData:
