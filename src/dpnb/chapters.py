@@ -63,6 +63,22 @@ def _flowers_features() -> tuple[str, ...]:
     return FEATURES
 
 
+
+class _OneWhenGiven(Rule):
+    """``rule``, and a single value when the parameter ``other`` (checked before) is set: a stated recipe's σ
+    has one target ε, which labels its run."""
+
+    def __init__(self, other: str, rule: Rule) -> None:
+        self.other, self.rule = other, rule
+
+    def __call__(self, name: str, value: Any, done: dict[str, Any]) -> Any:
+        checked = self.rule(name, value, done)
+        if done.get(self.other) is not None and len(checked) != 1:
+            raise ParameterError(f"{name} must have one value (the target of the recipe whose {self.other} is "
+                                 f"given), got {list(checked)}")
+        return checked
+
+
 RULES: dict[str, dict[str, Rule]] = {
     "budget": dict(
         dataset_size=Int(1), batch_size=Int(1, high=lambda p: p["dataset_size"]), noise_multiplier=Positive(),
@@ -103,10 +119,14 @@ RULES: dict[str, dict[str, Rule]] = {
         scatter_learning_rate=Positive(), scatter_max_grad_norm=Positive(),
         scatter_linear_groups=Choice([1, 3, 9, 27, 81, 243]), scatter_flips=Flag(), scatter_cnn_epochs=Int(1),
         scatter_cnn_batch_size=Int(1, high=lambda p: p["scatter_limit"] or CIFAR),
-        scatter_cnn_learning_rate=Positive(), scale_model=Choice(["cnn", "wrn-16-4"]), scale_epochs=Int(1),
-        scale_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), scale_learning_rate=Positive(),
-        scale_multiplicities=Each(Int(0, 64)), scale_epsilons=Each(Positive()), ema_decay=Number(0, 1, open="high"),
+        scatter_cnn_learning_rate=Positive(), scale_model=Choice(["cnn-norm-first", "cnn", "wrn-16-4"]),
+        scale_epochs=Int(1), scale_steps=Maybe(Int(1)), scale_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR),
+        scale_learning_rates=Each(Positive()), scale_momentum=Number(0, 1, open="high"),
+        scale_max_grad_norm=Positive(), scale_noise_multiplier=Maybe(Positive()), scale_multiplicity=Int(0, 64),
+        scale_equal_compute=Flag(), scale_epsilons=_OneWhenGiven("scale_noise_multiplier", Each(Positive())),
+        ema_decay=Number(0, 1, open="high"),
         backbone_weights=Choice(["imagenet", "none"]), backbone_limit=Int(20, CIFAR), backbone_epochs=Int(1),
+        backbone_image_size=Choice([32, 64, 96, 128, 224]),
         profile=Choice(PROFILES)),
     "flowers": dict(
         split=Choice(["official", "large"]), limit=Maybe(Int(20)), epochs=Int(1),
@@ -183,6 +203,7 @@ KEPT_BY_TINY = frozenset({
     "gswgan_discriminators", "gswgan_critic_iters", "merf_features", "components", "noise_multiplier",
     "scatter_linear_groups", "ema_decay", "max_grad_norm", "cnn_max_grad_norm", "scatter_max_grad_norm",
     "vae_max_grad_norm", "delta", "even_delta", "split_seed", "smoothnet_width", "smoothnet_depth",
+    "scale_noise_multiplier", "scale_max_grad_norm", "scale_momentum", "backbone_image_size",
 })
 
 
