@@ -235,6 +235,9 @@ BAD_PARAMETERS = [
     ("gswgan", {"fid_features": "vgg"}, "fid_features must be one of"),
     ("latent", {"clip_quantile": 1.5}, "clip_quantile must be"),
     ("latent", {"fashion_autoencoder": "vae"}, "fashion_autoencoder must be one of"),
+    ("cifar10", {"scale_noise_multiplier": 10.0, "scale_epsilons": [1.0, 8.0]},  # a stated recipe's sigma: one target
+     "scale_epsilons must have one value (the target of the recipe whose scale_noise_multiplier is given)"),
+    ("cifar10", {"scale_learning_rates": [4.0, -1.0]}, "scale_learning_rates must be > 0, got -1"),
 ]
 
 
