@@ -554,14 +554,6 @@ plots.caption(f"Test accuracy of each technique at equal steps and ε (δ = {del
 
 
 # %%
-def verdict(diff: float, eps: float) -> str:
-    if spread is None or eps != eps0:
-        return "no seed spread measured here"
-    if abs(diff) <= 2 * spread:
-        return "inside the band of 2 sd: not established"
-    return "helps" if diff > 0 else "hurts"
-
-
 plain_by_eps = scale_df[scale_df["variant"] == "plain DP-SGD"].set_index("target_epsilon")["test_accuracy"].to_dict()
 plain_by_eps[eps0] = float(pd.Series(plain_seeds).mean())  # against the mean over seeds where there is one
 lines = []
@@ -570,14 +562,16 @@ for r in scale_df.itertuples():
         continue
     diff = r.test_accuracy - plain_by_eps[r.target_epsilon]
     lines.append(f"* **{r.variant}** at ε = {r.epsilon_prv:.2f}: {r.test_accuracy:.1%} ({100 * diff:+.1f} points "
-                 f"against plain DP-SGD's {plain_by_eps[r.target_epsilon]:.1%}; {verdict(diff, r.target_epsilon)})")
+                 f"against plain DP-SGD's {plain_by_eps[r.target_epsilon]:.1%}; "
+                 f"{prose.against_spread(diff, spread if r.target_epsilon == eps0 else None)})")
 grid_edges = {min(scale_learning_rates), max(scale_learning_rates)} if len(scale_learning_rates) > 1 else set()
 at_edge = scale_df[scale_df["lr"].isin(grid_edges)]
 edge_text = ("" if at_edge.empty else
              " Chosen at an edge of the learning-rate grid (so a value outside it might do better): "
              + ", ".join(f"{r.variant} (lr {r.lr:g})" for r in at_edge.itertuples()) + ".")
-spread_text = (f"Plain DP-SGD over {len(plain_seeds)} seeds: {pd.Series(plain_seeds).mean():.1%} ± {spread:.1%} "
-               "(sd)" if spread is not None else "Plain DP-SGD was run with one seed only")
+spread_text = (f"Plain DP-SGD over {len(plain_seeds)} seeds: {prose.mean_std(pd.Series(plain_seeds).mean(), spread, '.1%')}"
+               " (sd)" if spread is not None else "Plain DP-SGD was run with one seed only")
+spread_text += f" (every ε here at δ = {delta:g}, PRV, Poisson sampling, add/remove)"
 reference = (f" For scale: the chapter's own CNN (tanh before GroupNorm, section 1) reached {priv.test_accuracy:.1%} "
              f"with the same data, steps per epoch and ε, at its own learning rate {cnn_learning_rate:g}."
              if scale_model == "cnn-norm-first" and scale_batch_size == cnn_batch_size and scale_epochs == cnn_epochs

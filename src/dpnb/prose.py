@@ -21,7 +21,7 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["headline", "glue_name", "HEADLINES", "mean_std"]
+__all__ = ["headline", "glue_name", "HEADLINES", "mean_std", "against_spread"]
 
 HEADLINES: dict[str, str] = {}  # the last opening sentence stored for each chapter in this process
 
@@ -34,6 +34,21 @@ def mean_std(mean: float, std: float | None, fmt: str) -> str:
     """
     missing = std is None or std != std  # None or NaN
     return format(mean, fmt) + ("" if missing else f" ± {format(std, fmt)}")
+
+
+def against_spread(diff: float, spread: float | None, *, band: float = 2.0) -> str:
+    """What a difference from a baseline shows, against the baseline's seed-to-seed sd ``spread``:
+    inside ``band`` sd it is not established; beyond it, it helps or hurts. Without a spread (one
+    seed), it says so.
+
+        >>> against_spread(0.093, 0.022), against_spread(-0.03, 0.022), against_spread(0.01, None)
+        ('helps', 'inside the band of 2 sd: not established', 'no seed spread measured here')
+    """
+    if spread is None or spread != spread:
+        return "no seed spread measured here"
+    if abs(diff) <= band * spread:
+        return f"inside the band of {band:g} sd: not established"
+    return "helps" if diff > 0 else "hurts"
 
 
 def glue_name(chapter: str) -> str:
