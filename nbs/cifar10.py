@@ -451,11 +451,11 @@ from dpnb.scale import preactivation_stats
 
 batch = train_cnn.tensors[0][:256]
 diag = []
-for label, kwargs in [("the chapter's CNN (tanh, then GroupNorm)", dict(activation="tanh")),
-                      ("norm-first CNN (GroupNorm, then ReLU)", dict(activation="relu", norm_first=True))]:
+for label, name in [("the chapter's CNN (tanh, then GroupNorm)", "cnn"),
+                    ("norm-first CNN (GroupNorm, then ReLU)", "cnn-norm-first")]:
     for ws in (False, True):
         torch.manual_seed(seed)
-        m = models.cifar_cnn(width=cnn_width, **kwargs)
+        m = models.scale_model(name, width=cnn_width)
         diag.append(dict(model=label, weight_standardisation=ws,
                          **preactivation_stats(scale.standardize_weights(m) if ws else m, batch)))
 diag = pd.DataFrame(diag)
@@ -486,9 +486,7 @@ n_scale_steps = scale_steps or scale_epochs * scale_steps_per_pass
 
 def scale_model_fn(ws: bool) -> torch.nn.Module:
     torch.manual_seed(seed)
-    m = {"cnn": lambda: models.cifar_cnn(width=cnn_width),
-         "cnn-norm-first": lambda: models.cifar_cnn(width=cnn_width, activation="relu", norm_first=True),
-         "wrn-16-4": lambda: models.wide_resnet(depth=16, width=4)}[scale_model]()
+    m = models.scale_model(scale_model, width=cnn_width)
     return scale.standardize_weights(m) if ws else m
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpnb import cost, gan, metrics, privacy, train
+from dpnb import cost, gan, metrics, models, privacy, train
 from dpnb.data import TEST_SIZES, TRAIN_SIZES
 from dpnb.params import Choice, Device, Each, Flag, Int, Maybe, Number, ParameterError, Positive, Rule, Unless, validate
 
@@ -119,7 +119,7 @@ RULES: dict[str, dict[str, Rule]] = {
         scatter_learning_rate=Positive(), scatter_max_grad_norm=Positive(),
         scatter_linear_groups=Choice([1, 3, 9, 27, 81, 243]), scatter_flips=Flag(), scatter_cnn_epochs=Int(1),
         scatter_cnn_batch_size=Int(1, high=lambda p: p["scatter_limit"] or CIFAR),
-        scatter_cnn_learning_rate=Positive(), scale_model=Choice(["cnn-norm-first", "cnn", "wrn-16-4"]),
+        scatter_cnn_learning_rate=Positive(), scale_model=Choice(models.SCALE_MODELS),
         scale_epochs=Int(1), scale_steps=Maybe(Int(1)), scale_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR),
         scale_learning_rates=Each(Positive()), scale_momentum=Number(0, 1, open="high"),
         scale_max_grad_norm=Positive(), scale_noise_multiplier=Maybe(Positive()), scale_multiplicity=Int(0, 64),

@@ -251,3 +251,22 @@ def wide_resnet(*, depth: int = 16, width: int = 4, num_classes: int = 10) -> nn
                                      stride=(1 if stage == 0 or i > 0 else 2)))
     return nn.Sequential(*layers, nn.GroupNorm(16, chans[3]), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(chans[3], num_classes))
+
+
+#: The scale section's models (CIFAR-10 chapter, section 4): the chapter's CNN, the same CNN in De et al.'s
+#: block order, and their WRN-16-4.
+SCALE_MODELS = ("cnn-norm-first", "cnn", "wrn-16-4")
+
+
+def scale_model(name: str, *, width: int) -> nn.Module:
+    """A fresh model of :data:`SCALE_MODELS`: ``cnn`` is :func:`cifar_cnn` (tanh, then GroupNorm),
+    ``cnn-norm-first`` the same CNN with conv → GroupNorm → ReLU, ``wrn-16-4`` :func:`wide_resnet`
+    (``width`` is the CNNs' first-stage channels; the WRN ignores it).
+
+        >>> [type(m).__name__ for m in scale_model("cnn-norm-first", width=8)][:3]
+        ['Conv2d', 'GroupNorm', 'ReLU']
+    """
+    name = check_choice("scale_model", name, SCALE_MODELS)
+    if name == "wrn-16-4":
+        return wide_resnet(depth=16, width=4)
+    return cifar_cnn(width=width) if name == "cnn" else cifar_cnn(width=width, activation="relu", norm_first=True)
