@@ -56,6 +56,15 @@ CASES = {
     "conv + groupnorm": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, stride=2), nn.GroupNorm(2, 4),
                                                nn.Tanh(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)),
                          lambda b: torch.randn(b, 2, 8, 8)),
+    "conv, ghost norm": (lambda: nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.Tanh(), nn.Flatten(),
+                                               nn.Linear(32 * 2 * 2, 3)), lambda b: torch.randn(b, 16, 4, 4)),
+    "conv, per-example by grouped backward": (lambda: nn.Sequential(nn.Conv2d(8, 4, 3, dilation=2), nn.Flatten(),
+                                                                     nn.Linear(4 * 2 * 2, 3)),
+                                              lambda b: torch.randn(b, 8, 6, 6)),
+    "conv, per-example by unfolding": (
+        lambda: nn.Sequential(nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), bias=False), nn.Flatten(),
+                              nn.Linear(4 * 4 * 6, 3)),
+        lambda b: torch.randn(b, 3, 7, 7)),
     "embedding": (Tokens, lambda b: torch.randint(0, 7, (b, 6))),
     "mnist_cnn": (models.mnist_cnn, lambda b: torch.randn(b, 1, 28, 28)),
     "cifar_cnn": (lambda: models.cifar_cnn(width=8), lambda b: torch.randn(b, 3, 32, 32)),
@@ -77,6 +86,77 @@ def test_clipped_sum_equals_per_example_gradients(case: str, batch: int) -> None
         for name in want:  # 1e-5 relative, in norm (float32 sums of thousands of terms)
             err = float((got[name] - want[name]).norm() / want[name].norm().clamp(min=1e-12))
             assert err < 1e-5, f"{case}, C = {C}: {name} differs by {err:.1e} relative"
+
+
+def _func_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, C: float) -> tuple[dict, torch.Tensor]:
+    """torch.func per-example gradients (vmap over grad), then the core's clip and sum."""
+    import copy
+
+    from torch.func import functional_call, grad, vmap
+
+    model = copy.deepcopy(model)
+    for m in model.modules():  # the channels-last max-pooling of dpnb.models cannot run under vmap; same numbers
+        if isinstance(m, models.MaxPool2d):
+            m.__class__ = nn.MaxPool2d
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    return clip_and_sum(vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y), max_grad_norm=C)
+
+
+def _opacus_ghost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, C: float) -> tuple[dict, torch.Tensor]:
+    """Opacus's ghost clipping: norms from a first backward pass, the clipped sum from a second."""
+    import copy
+
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    gsm = GradSampleModuleFastGradientClipping(copy.deepcopy(model), max_grad_norm=C, use_ghost_clipping=True,
+                                               loss_reduction="sum")
+    losses = nn.functional.cross_entropy(gsm(x), y, reduction="none")
+    losses.sum().backward(retain_graph=True)
+    norms = gsm.get_norm_sample()
+    coeff = gsm.get_clipping_coef()
+    gsm.zero_grad(set_to_none=True)
+    gsm.disable_hooks()
+    (coeff * losses).sum().backward()
+    return {n.removeprefix("_module."): p.grad for n, p in gsm.named_parameters()}, norms
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case", ["mnist_cnn", "cifar_cnn", "conv, ghost norm", "conv + groupnorm"])
+@pytest.mark.parametrize("batch", [70, 1])  # 70: more than one block of bookkeeping.CHUNK examples
+def test_clipped_sum_equals_opacus_ghost_clipping_and_torch_func(case: str, batch: int) -> None:
+    torch.manual_seed(2)
+    make_model, make_x = CASES[case]
+    model = make_model()
+    x = make_x(batch)
+    y = torch.randint(0, 3 if case not in ("mnist_cnn", "cifar_cnn") else 10, (batch,))
+    got, norms = BookKeeping(model).clipped_sum(x, y, max_grad_norm=0.05)
+    for label, (want, want_norms) in {"torch.func": _func_reference(model, x, y, 0.05),
+                                      "Opacus ghost clipping": _opacus_ghost(model, x, y, 0.05)}.items():
+        torch.testing.assert_close(norms, want_norms, rtol=1e-5, atol=1e-7, msg=label)
+        for name in want:
+            err = float((got[name] - want[name]).norm() / want[name].norm().clamp(min=1e-12))
+            assert err < 1e-5, f"{case} against {label}: {name} differs by {err:.1e} relative"
+
+
+def test_the_three_convolution_norms_are_the_ones_chosen() -> None:
+    """Each case above reaches the norm computation its name says (the rule in _conv_sq_norms)."""
+    from dpnb.bookkeeping import _conv_sq_norms
+
+    seen = {}
+    for case in ("conv, ghost norm", "conv, per-example by grouped backward", "conv, per-example by unfolding"):
+        conv = CASES[case][0]()[0]
+        a = CASES[case][1](3)
+        d = torch.randn_like(conv(a))
+        _, kept = _conv_sq_norms(conv, a, d, keep=True)
+        T, k, p = d.shape[2] * d.shape[3], conv.weight[0].numel(), d.shape[1]
+        seen[case] = ("ghost" if kept is None else "per-example", T * (k + p) < k * p / 2, conv.in_channels < 8)
+    assert seen == {"conv, ghost norm": ("ghost", True, False),
+                    "conv, per-example by grouped backward": ("per-example", False, False),
+                    "conv, per-example by unfolding": ("per-example", False, True)}
 
 
 def test_empty_batch_gives_zero_sums() -> None:

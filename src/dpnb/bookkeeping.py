@@ -11,8 +11,10 @@ what one backward pass already has, each layer's input activations :math:`a` and
   per-example gradient is :math:`g_i = \sum_t \delta_{it} a_{it}^\top` and its squared norm is
   :math:`\sum_{t,s} (a_{it}\cdot a_{is})(\delta_{it}\cdot\delta_{is})` (the ghost norm, Li et al.
   2022), computed without :math:`g_i`; when the T × T Gram matrices cost more than :math:`g_i`
-  itself, :math:`g_i` is formed instead (mixed ghost clipping, Bu et al. 2022, Sec. 3.2);
-* the clipped sum is one product, :math:`S = \sum_{i,t} (c_i\delta_{it}) a_{it}^\top`.
+  itself, :math:`g_i` is formed instead (mixed ghost clipping, Bu et al. 2022, Sec. 3.2); a
+  convolution's norms are computed in blocks of :data:`CHUNK` examples (:func:`_conv_sq_norms`);
+* the clipped sum is one product, :math:`S = \sum_{i,t} (c_i\delta_{it}) a_{it}^\top`; for a
+  convolution, PyTorch's own weight-gradient kernel applied to :math:`c_i\delta_i`.
 
 The backward pass asks autograd for the layers' output gradients only, so no parameter gradient
 is computed twice. Supported: ``nn.Linear``, ``nn.Conv2d`` (``groups=1``, numeric padding),
@@ -90,6 +92,103 @@ def _linear_terms(a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, Calla
     return (g ** 2).sum((1, 2)), lambda c: torch.einsum("b,bpk->pk", c, g)
 
 
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _unfold(x: torch.Tensor, m: nn.Conv2d) -> torch.Tensor:
+    """``F.unfold(x, ...)`` for ``m``'s kernel, (B, C·kh·kw, T), as one strided copy of the padded input.
+
+    Same numbers as ``F.unfold``; on CPU its ``im2col`` loops over the batch and was the largest single
+    cost of a book-keeping step (3-8x slower than this copy on the book's CNNs, 2 cores).
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(m.kernel_size), _pair(m.stride), _pair(m.padding),
+                                              _pair(m.dilation))
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    B, C, H, W = x.shape
+    Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+    x = x.contiguous()
+    b, ch, r, col = x.stride()
+    view = x.as_strided((B, C, kh, kw, Ho, Wo), (b, ch, r * dh, col * dw, r * sh, col * sw))
+    return view.reshape(B, C * kh * kw, Ho * Wo)
+
+
+def _conv_backward(m: nn.Conv2d, d: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, groups: int,
+                   bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight (and bias) gradient of ``m``'s convolution for output gradient ``d``, by PyTorch's own kernel."""
+    _, gw, gb = torch.ops.aten.convolution_backward(
+        d, a, weight, [d.shape[1]] if bias else None, list(_pair(m.stride)), list(_pair(m.padding)),
+        list(_pair(m.dilation)), False, [0, 0], groups, [False, True, bias])
+    return gw, gb
+
+
+CHUNK = 64  # examples per block of a convolution's norm computation: its temporaries stay in cache
+
+
+def _conv_sq_norms(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, *, keep: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Squared per-example norms of a convolution's weight gradient, :data:`CHUNK` examples at a time,
+    and, with ``keep``, the per-example gradients (B, p, k) when they were formed (else None).
+
+    Three ways to the same numbers, chosen by the layer's shape (T = Ho·Wo positions, k = C·kh·kw,
+    p output channels): the ghost norm :math:`\\sum_{t,s}(a_t\\cdot a_s)(\\delta_t\\cdot\\delta_s)` on the
+    unfolded input when its Gram matrices cost under half the per-example gradients' products,
+    T(k + p) < kp/2 (large layers, few positions); otherwise the per-example gradients themselves,
+    as batched products with the unfolded input when the layer has fewer than 8 input channels, else
+    from one convolution backward with one group per example. The rule follows timings of the book's
+    CNNs on 2 CPU cores (``dpnb bench``); all three are tested against per-example gradients.
+    """
+    B, p = d.shape[:2]
+    T = d.shape[2] * d.shape[3]
+    k = m.weight[0].numel()
+    ghost = T * (k + p) < k * p / 2
+    norms, kept = [], []
+    for s in range(0, B, CHUNK):
+        ac, dc = a[s:s + CHUNK], d[s:s + CHUNK]
+        d3 = dc.flatten(2)
+        if ghost:
+            at = _unfold(ac, m).transpose(1, 2)
+            norms.append((torch.bmm(at, at.transpose(1, 2)) * torch.bmm(d3.transpose(1, 2), d3)).sum((1, 2)))
+            continue
+        if m.in_channels < 8:
+            g = torch.bmm(d3, _unfold(ac, m).transpose(1, 2))
+        else:
+            n = len(ac)
+            g, _ = _conv_backward(m, dc.reshape(1, n * p, *dc.shape[2:]), ac.reshape(1, -1, *ac.shape[2:]),
+                                  m.weight.detach().repeat(n, 1, 1, 1), n, False)
+            g = g.reshape(n, p, k)
+        norms.append((g ** 2).sum((1, 2)))
+        if keep:
+            kept.append(g)
+    return torch.cat(norms), (torch.cat(kept) if kept else None)
+
+
+def _conv_terms(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor
+                ) -> list[tuple[str, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]]:
+    """Book-keeping terms of a convolution: input ``a`` (B, C, H, W), output gradient ``d`` (B, p, Ho, Wo).
+
+    Norms by :func:`_conv_sq_norms`. The clipped sum: :math:`\\sum_i c_i g_i` from the per-example
+    gradients when they were formed and are no larger than ``d`` (k ≤ T), else one convolution
+    backward of the clip-weighted output gradients :math:`c_i\\delta_i`, by the kernel non-private SGD
+    uses for its weight gradient (``d`` is scaled in place: it is this layer's own copy).
+    """
+    out = []
+    if m.weight.requires_grad:
+        sq, per_example = _conv_sq_norms(m, a, d, keep=m.weight[0].numel() <= d.shape[2] * d.shape[3])
+
+        def make(c: torch.Tensor) -> torch.Tensor:
+            if per_example is not None:
+                return torch.einsum("b,bpk->pk", c, per_example)
+            return _conv_backward(m, d.mul_(c[:, None, None, None]), a, m.weight.detach(), 1, False)[0]
+
+        out.append(("weight", sq, make))
+    if m.bias is not None and m.bias.requires_grad:
+        gb = d.sum((2, 3))
+        out.append(("bias", (gb ** 2).sum(1), lambda c: c @ gb))
+    return out
+
+
 class BookKeeping:
     """Clipped per-example gradient sums of ``model``'s trainable parameters, in one backward pass.
 
@@ -164,14 +263,11 @@ class BookKeeping:
         """(parameter, squared per-example norms, clipped sum from clip factors) for each parameter of ``m``."""
         out = []
         B = a.shape[0]
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            if isinstance(m, nn.Linear):  # (B, ..., k) → (B, k, T)
-                a3 = a.reshape(B, -1, a.shape[-1]).transpose(1, 2)
-                d3 = g.reshape(B, -1, g.shape[-1]).transpose(1, 2)
-            else:
-                a3 = F.unfold(a.contiguous(), m.kernel_size, dilation=m.dilation,  # type: ignore[arg-type]
-                              padding=m.padding, stride=m.stride)  # type: ignore[arg-type]
-                d3 = g.flatten(2)
+        if isinstance(m, nn.Conv2d):
+            return _conv_terms(m, a, g)
+        if isinstance(m, nn.Linear):  # (B, ..., k) → (B, k, T)
+            a3 = a.reshape(B, -1, a.shape[-1]).transpose(1, 2)
+            d3 = g.reshape(B, -1, g.shape[-1]).transpose(1, 2)
             if m.weight.requires_grad:
                 sq, make = _linear_terms(a3, d3)
                 out.append(("weight", sq, make))

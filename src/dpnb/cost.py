@@ -79,10 +79,9 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
                   device: str, seed: int, workload: str = "mnist-cnn", image_size: int = 64) -> dict[str, Any]:
     import torch
     from torch import nn
-    from torch.utils.data import DataLoader
 
     from dpnb.devices import select_device
-    from dpnb.train import BookKeepingStep, TrainConfig, make_private
+    from dpnb.train import BookKeepingStep, TrainConfig, _loader, make_private
 
     torch.manual_seed(seed)
     dev = select_device(device)
@@ -90,8 +89,8 @@ def _measure_here(*, method: str, batch_size: int, limit: int | None, max_batche
     model = model.to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     criterion: Any = nn.CrossEntropyLoss()
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    # the loader dpnb.train uses (one gather per batch from a TensorDataset), so that the table times training
+    loader = _loader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     bk = None
     if method == "bk":
         cfg = TrainConfig(epochs=1, batch_size=batch_size, noise_multiplier=1.0, max_grad_norm=1.0,

@@ -1,0 +1,38 @@
+"""dpnb.devices: the device choice and the host allocator's settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dpnb.devices import select_device
+from dpnb.params import ParameterError
+
+# tuned twice (the second call is a no-op), then: does a freed 128 MiB tensor stay in the process for reuse?
+_ASK = """
+import torch
+from dpnb.devices import tune_allocator
+tuned = tune_allocator(), tune_allocator()
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1]) / 1024
+before = rss()
+x = torch.ones(2**25)
+del x
+print(*tuned, rss() - before > 64)
+"""
+
+
+def test_unknown_device_is_one_line_error() -> None:
+    with pytest.raises(ParameterError, match="device must be one of"):
+        select_device("tpu")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("setting, expected", [("1", "True True True"), ("0", "False False False")])
+def test_allocator_is_tuned_once_unless_switched_off(setting: str, expected: str) -> None:
+    env = {**os.environ, "DPNB_TUNE_MALLOC": setting}
+    out = subprocess.run([sys.executable, "-c", _ASK], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split("\n")[0] == expected
