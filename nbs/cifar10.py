@@ -149,13 +149,13 @@ print(f"{len(train_idx):,} training images ({len(val_idx):,} held out for valida
 # `dpnb.models.cifar_cnn`: two stages of two 3×3 convolutions (`cnn_width` and twice as many
 # channels), tanh, GroupNorm (no BatchNorm: it mixes examples), max-pooling, then global average
 # pooling and a linear layer (17k parameters at width 16). Trained once without privacy and once
-# with DP-SGD (Opacus, ghost clipping) for the same number of epochs; accuracy on a seeded subset
+# with DP-SGD (book-keeping clipping, `dpnb.bookkeeping`) for the same number of epochs; accuracy on a seeded subset
 # of the test set (`test_limit`).
 
 # %%
 def dp_config(**overrides) -> TrainConfig:
     kw = dict(epochs=cnn_epochs, batch_size=cnn_batch_size, lr=cnn_learning_rate, momentum=0.9, dp=True,
-              target_epsilon=epsilon, max_grad_norm=cnn_max_grad_norm, delta=delta, grad_sample_mode="ghost",
+              target_epsilon=epsilon, max_grad_norm=cnn_max_grad_norm, delta=delta, grad_sample_mode="bk",
               seed=seed, device=device)
     kw.update(overrides)
     return TrainConfig(**kw)

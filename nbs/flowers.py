@@ -93,7 +93,7 @@ n_train, n_val, n_test = (min(n, limit or n) for n in FLOWERS_SPLIT_SIZES[split]
 extractor, extractor_why = resolve_features(features, backbone_weights=backbone_weights)
 main_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=learning_rate, momentum=momentum, dp=dp,
                           noise_multiplier=noise_multiplier, target_epsilon=target_epsilon if dp else None,
-                          max_grad_norm=max_grad_norm, delta=delta, grad_sample_mode="ghost", seed=seed,
+                          max_grad_norm=max_grad_norm, delta=delta, grad_sample_mode="bk", seed=seed,
                           device=device).validated(n_train)
 torch.manual_seed(seed)
 results = Results(chapter="flowers", profile=profile)
@@ -173,7 +173,7 @@ display(Markdown(f"**Features: {fd.description}.** Train {len(fd.train)} / valid
 #   `dpnb.models.scatter_cnn`; ResNet-18: the last residual stage `layer4` fine-tuned, with its
 #   BatchNorms folded into the convolutions so that no layer mixes examples).
 #
-# The DP runs use this chapter's parameters (ε, batch, epochs); ghost clipping. **Tuning**
+# The DP runs use this chapter's parameters (ε, batch, epochs); book-keeping clipping (`bk`). **Tuning**
 # (`tune`): the DP linear head's learning rate and clipping norm C, and the deeper head's
 # learning rate, are chosen on the validation part from the grids `sweep_learning_rates` ×
 # `sweep_max_grad_norms` and `deep_learning_rates` (one run each, seed `seed`). This search

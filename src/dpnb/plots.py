@@ -152,7 +152,11 @@ def cost_of_privacy(df: pd.DataFrame, *, per: str = "epoch") -> Figure:
                 title=f"Memory ({df['memory_kind'].iloc[0]})")
     for ax in axes:
         _log_ticks(ax, df["batch_size"])
+    # one legend for both panels, to their right: inside a panel it covered the lines of five methods
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].get_legend().remove()
     fig.tight_layout()
+    fig.legend(handles, labels, title="method", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return fig
 
 
