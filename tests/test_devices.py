@@ -36,8 +36,12 @@ def test_unknown_device_is_one_line_error() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-@pytest.mark.parametrize("setting, expected", [("1", "True True True True"), ("0", "False False False True")])
-def test_allocator_is_tuned_once_unless_switched_off(setting: str, expected: str) -> None:
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_allocator_is_tuned_once_unless_switched_off(setting: str) -> None:
     env = {**os.environ, "DPNB_TUNE_MALLOC": setting}
     out = subprocess.run([sys.executable, "-c", _ASK], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split("\n")[0] == expected
+    tuned, tuned_again, kept, big_returned = out.stdout.split("\n")[0].split()
+    assert (tuned, tuned_again) == ((("True",) * 2) if setting == "1" else (("False",) * 2))
+    if setting == "1":  # untuned, glibc's moving mmap threshold decides where a 16 MiB block goes
+        assert kept == "True"
+    assert big_returned == "True"
