@@ -71,14 +71,19 @@ CASES = {
 }
 
 
+def _case(case: str, batch: int, *, seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A model of ``CASES``, a batch of its inputs and random labels."""
+    torch.manual_seed(seed)
+    make_model, make_x = CASES[case]
+    model = make_model()
+    y = torch.randint(0, 3 if case not in ("mnist_cnn", "cifar_cnn") else 10, (batch,))
+    return model, make_x(batch), y
+
+
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("batch", [7, 1])
 def test_clipped_sum_equals_per_example_gradients(case: str, batch: int) -> None:
-    torch.manual_seed(0)
-    make_model, make_x = CASES[case]
-    model = make_model()
-    x = make_x(batch)
-    y = torch.randint(0, 3 if case not in ("mnist_cnn", "cifar_cnn") else 10, (batch,))
+    model, x, y = _case(case, batch, seed=0)
     for C in (1e-3, 1e3):  # every example clipped, and none
         want, want_norms = _reference(model, x, y, C)
         got, norms = BookKeeping(model).clipped_sum(x, y, max_grad_norm=C)
@@ -128,11 +133,7 @@ def _opacus_ghost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, C: float) 
 @pytest.mark.parametrize("case", ["mnist_cnn", "cifar_cnn", "conv, ghost norm", "conv + groupnorm"])
 @pytest.mark.parametrize("batch", [70, 1])  # 70: more than one block of bookkeeping.CHUNK examples
 def test_clipped_sum_equals_opacus_ghost_clipping_and_torch_func(case: str, batch: int) -> None:
-    torch.manual_seed(2)
-    make_model, make_x = CASES[case]
-    model = make_model()
-    x = make_x(batch)
-    y = torch.randint(0, 3 if case not in ("mnist_cnn", "cifar_cnn") else 10, (batch,))
+    model, x, y = _case(case, batch, seed=2)
     got, norms = BookKeeping(model).clipped_sum(x, y, max_grad_norm=0.05)
     for label, (want, want_norms) in {"torch.func": _func_reference(model, x, y, 0.05),
                                       "Opacus ghost clipping": _opacus_ghost(model, x, y, 0.05)}.items():
