@@ -414,7 +414,7 @@ show = ["method", "batch_size", "samples_per_second", "seconds_per_epoch", "slow
 display(cost_df[show].style.format(precision=2).hide(axis="index"))
 
 # %%
-fig = plots.cost_of_privacy(cost_df)
+fig = plots.cost_of_privacy(cost_df, memory=memory_metric)
 plots.caption(f"Time per epoch and peak memory of the MNIST CNN, non-private and with each way of computing "
               f"per-example gradients ({device}); a cost measurement, no ε.")
 

@@ -137,9 +137,12 @@ def sweep(df: pd.DataFrame, *, x: str, hue: str, epsilon: float, delta: float, x
     return fig
 
 
-def cost_of_privacy(df: pd.DataFrame, *, per: str = "epoch") -> Figure:
-    """Seconds per epoch (or per step) and peak memory against batch size, one line per gradient method."""
-    mem = "peak_increase_mb" if "peak_increase_mb" in df else "peak_memory_mb"
+def cost_of_privacy(df: pd.DataFrame, *, per: str = "epoch", memory: str | None = None) -> Figure:
+    """Seconds per epoch (or per step) and peak memory against batch size, one line per gradient method.
+
+    ``memory``: the column to plot, ``peak_memory_mb`` (whole process) or ``peak_increase_mb`` (over the
+    resident memory before training; the default when the table has it)."""
+    mem = memory or ("peak_increase_mb" if "peak_increase_mb" in df else "peak_memory_mb")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     sns.lineplot(data=df, x="batch_size", y=f"seconds_per_{per}", hue="method", marker="o", ax=axes[0])
     sns.lineplot(data=df, x="batch_size", y=mem, hue="method", marker="o", ax=axes[1], legend=False)
