@@ -233,3 +233,52 @@ def test_bad_delta_and_batch() -> None:
         privacy.rdp_epsilon(noise_multiplier=1, sample_rate=0.1, steps=10, delta=1.0)
     with pytest.raises(ParameterError, match="batch_size must be at most dataset_size"):
         privacy.sample_rate_and_steps(dataset_size=100, batch_size=101, epochs=1)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_composing_a_run_with_more_of_itself_is_the_longer_run(accountant: str) -> None:
+    run = privacy.SampledGaussianEvent(1.1, 0.01, 300)
+    composed = run.composed(run.with_steps(200))
+    longer = privacy.epsilon(run.with_steps(500), delta=1e-5, accountant=accountant)
+    assert privacy.epsilon(composed, delta=1e-5, accountant=accountant) == pytest.approx(longer, abs=0.02)
+    assert privacy.epsilon(composed, delta=1e-5, accountant=accountant) > privacy.epsilon(
+        run, delta=1e-5, accountant=accountant)
+
+
+def test_composed_gaussian_releases_match_the_exact_gaussian_profile() -> None:
+    # Gaussian releases with sigmas s1, s2 compose to one with sigma (s1^-2 + s2^-2)^(-1/2);
+    # its exact (eps, delta) curve (Balle & Wang 2018) is the independent reference
+    run = privacy.SampledGaussianEvent(3.0, 1.0, 1).composed(privacy.SampledGaussianEvent.gaussian(
+        noise_multiplier=4.0, releases=2))
+    sigma = (3.0**-2 + 2 * 4.0**-2) ** -0.5
+    delta = privacy.gaussian_delta(noise_multiplier=sigma, epsilon=1.0)
+    assert privacy.epsilon(run, delta=delta, accountant="prv") == pytest.approx(1.0, abs=0.02)
+    assert privacy.epsilon(run, delta=delta, accountant="rdp") >= 1.0  # RDP: a looser bound, never tighter
+
+
+def test_calibration_covers_what_is_composed_and_labels_say_so() -> None:
+    plan = privacy.SampledGaussianEvent(None, 1 / 6, 360)
+    stats = privacy.SampledGaussianEvent.gaussian(noise_multiplier=8.0, releases=2)
+    alone = privacy.calibrate_noise_multiplier(plan, target_epsilon=3.0, delta=1e-5, accountant="prv")
+    sigma = privacy.calibrate_noise_multiplier(plan.composed(stats), target_epsilon=3.0, delta=1e-5,
+                                               accountant="prv")
+    assert sigma > alone
+    assert 2.97 <= privacy.epsilon(plan.with_noise(sigma).composed(stats), delta=1e-5, accountant="prv") <= 3.0
+    assert privacy.epsilon(plan.with_noise(sigma), delta=1e-5, accountant="prv") < 2.97
+    assert privacy.label(plan.composed(stats), "prv") == "prv (Poisson sampling, add/remove; with 2 Gaussian releases)"
+    with pytest.raises(ParameterError, match="unreachable"):  # the releases alone spend more than the target
+        privacy.calibrate_noise_multiplier(plan.composed(privacy.SampledGaussianEvent.gaussian(noise_multiplier=0.5)),
+                                           target_epsilon=1.0, delta=1e-5, accountant="rdp")
+
+
+def test_compositions_that_cannot_be_bounded_are_refused() -> None:
+    shards = privacy.SampledGaussianEvent(1.0, 0.01, 10, sampling="shards", adjacency="replace-one")
+    with pytest.raises(privacy.UnsupportedEvent, match="composition is supported"):
+        privacy.epsilon(shards.composed(privacy.SampledGaussianEvent.gaussian(noise_multiplier=2.0,
+                                                                             adjacency="replace-one")),
+                        delta=1e-5, accountant="rdp")
+    with pytest.raises(ParameterError, match="adjacency"):
+        privacy.SampledGaussianEvent(1.0, 0.01, 10).composed(privacy.SampledGaussianEvent.gaussian(
+            noise_multiplier=2.0, adjacency="replace-one"))
+    with pytest.raises(ParameterError, match="noise_multiplier"):
+        privacy.SampledGaussianEvent(1.0, 0.01, 10).composed(privacy.SampledGaussianEvent(None, 1.0, 1))

@@ -104,12 +104,15 @@ class DPSGD:
 
     Give ``noise_multiplier``, or ``target_epsilon`` to calibrate σ with ``accountant`` for
     ``epochs * steps_per_epoch`` steps. ``dataset_size`` is the number of *private* examples.
+    ``composed_with`` are other releases of the same data (e.g. noisy statistics it was normalised
+    with): calibration and ε cover them and this run together.
     """
 
     def __init__(self, *, dataset_size: int, batch_size: int, epochs: int | None = None, max_grad_norm: float,
                  noise_multiplier: float | None = None, target_epsilon: float | None = None, delta: float,
                  accountant: str = "prv", steps: int | None = None, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu",
+                 composed_with: tuple[privacy.SampledGaussianEvent, ...] = ()) -> None:
         self.dataset_size = check_int("dataset_size", dataset_size, low=1)
         self.sample_rate, self.steps_per_epoch = poisson_rate(dataset_size=dataset_size, batch_size=batch_size)
         if (epochs is None) == (steps is None):
@@ -119,12 +122,14 @@ class DPSGD:
         self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, low=0, low_open=True)
         self.delta = check_number("delta", delta, low=0, high=1, low_open=True, high_open=True)
         self.accountant = accountant
+        self.composed_with = tuple(composed_with)
         if (noise_multiplier is None) == (target_epsilon is None):
             raise ParameterError("give exactly one of noise_multiplier and target_epsilon")
         if noise_multiplier is not None:
             self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0, low_open=True)
         else:
-            plan = privacy.SampledGaussianEvent(None, self.sample_rate, self.planned_steps)
+            plan = privacy.SampledGaussianEvent(None, self.sample_rate, self.planned_steps,
+                                                composed_with=self.composed_with)
             self.noise_multiplier = privacy.calibrate_noise_multiplier(
                 plan, target_epsilon=check_number("target_epsilon", target_epsilon, low=0, low_open=True),
                 delta=self.delta, accountant=accountant)  # type: ignore[arg-type]
@@ -152,8 +157,10 @@ class DPSGD:
         self.steps += 1
 
     def event(self) -> privacy.SampledGaussianEvent:
-        """The record of what ran so far (σ, q, the steps privatised; Poisson, add/remove)."""
-        return privacy.SampledGaussianEvent(self.noise_multiplier, self.sample_rate, max(self.steps, 1))
+        """The record of what ran so far (σ, q, the steps privatised; Poisson, add/remove; with
+        ``composed_with``)."""
+        return privacy.SampledGaussianEvent(self.noise_multiplier, self.sample_rate, max(self.steps, 1),
+                                            composed_with=self.composed_with)
 
     def epsilons(self) -> dict[str, float]:
         """``{"epsilon_prv": ..., "epsilon_rdp": ...}`` after the steps run so far (see :func:`epsilons`)."""

@@ -101,11 +101,31 @@ def epsilon(event: SampledGaussianEvent, *, delta: float, accountant: Accountant
     kw = dict(noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps,
               delta=delta)
     analysis = _analysis(event, accountant)
+    if event.composed_with:
+        return _composed_epsilon(event, delta=delta, analysis=analysis, prv_eps_error=prv_eps_error)
     if analysis == "rdp":
         return rdp.rdp_epsilon(**kw)[0]  # type: ignore[arg-type]
     if analysis == "prv":
         return prv.prv_epsilon(**kw, eps_error=prv_eps_error)  # type: ignore[arg-type]
     return rdp.wbk_epsilon(**kw)[0]  # type: ignore[arg-type]
+
+
+def _composed_epsilon(event: SampledGaussianEvent, *, delta: float, analysis: str, prv_eps_error: float) -> float:
+    """ε of ``event`` with the releases composed with it: RDP curves add (Mironov 2017, Prop. 1);
+    PRV convolves the loss distributions (Gopi et al. 2021, Sec. 5.2)."""
+    others = event.composed_with
+    if analysis not in ("rdp", "prv") or any(_analysis(o, analysis) != analysis for o in others):
+        raise UnsupportedEvent("composition is supported for Poisson-sampled Gaussian mechanisms under "
+                               "add/remove adjacency only")
+    parts = [(event.noise_multiplier, event.sample_rate, event.steps)] + [
+        (o.noise_multiplier, o.sample_rate, o.steps) for o in others]
+    if analysis == "prv":
+        s, q, t = parts[0]
+        return prv.prv_epsilon(noise_multiplier=s, sample_rate=q, steps=t, delta=delta,  # type: ignore[arg-type]
+                               eps_error=prv_eps_error, also=parts[1:])  # type: ignore[arg-type]
+    orders = rdp.ACCOUNTING_ORDERS
+    curve = sum(t * rdp.sgm_rdp(noise_multiplier=s, sample_rate=q, orders=orders) for s, q, t in parts)
+    return rdp.rdp_to_epsilon(rdp=curve, orders=orders, delta=delta)[0]  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=512)  # pure: runs that share an event and a target calibrate once

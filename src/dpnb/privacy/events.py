@@ -16,6 +16,12 @@ Sampling schemes (``sampling``):
 * ``"shuffled"``: a fixed-size batch from a shuffled pass (an ordinary ``DataLoader``). No
   accountant here bounds it; see :func:`dpnb.privacy.epsilon`.
 
+Composition (``composed_with``): other Gaussian releases of the same private data that the
+guarantee must cover as well, e.g. the noisy feature statistics a model is normalised with
+before it is trained (Tramèr & Boneh 2021, Sec. 3.1). Their privacy losses add up with the
+run's (RDP: the curves add, Mironov 2017, Prop. 1; PRV: the loss distributions convolve, Gopi et
+al. 2021); :meth:`SampledGaussianEvent.gaussian` is such a release on the whole dataset.
+
 Adjacency (``adjacency``): ``"add/remove"`` (one example added or removed, Opacus's and TF
 Privacy's) or ``"replace-one"`` (one example replaced; GS-WGAN's). ε under the two are different
 quantities and never share a column.
@@ -26,6 +32,9 @@ Example::
     ...                                       batch_size=256, epochs=60)
     >>> round(e.sample_rate, 6), e.steps, e.label("rdp")
     (0.004267, 14063, 'rdp (Poisson sampling, add/remove)')
+    >>> stats = SampledGaussianEvent.gaussian(noise_multiplier=20.0, releases=2)  # two noisy sums of all data
+    >>> e.composed(stats).composed_with[0].sample_rate, e.composed(stats).label("rdp")
+    (1.0, 'rdp (Poisson sampling, add/remove; with 2 Gaussian releases)')
 """
 
 from __future__ import annotations
@@ -74,7 +83,9 @@ class SampledGaussianEvent:
     ``noise_multiplier`` is the noise std divided by the L2 sensitivity of one step's sum (the
     clipping norm C for DP-SGD; 2C per sample for GS-WGAN's sanitiser, whose σ is stated
     against that). ``noise_multiplier=None`` is a planned run whose σ is still to be calibrated
-    (:func:`dpnb.privacy.calibrate_noise_multiplier`).
+    (:func:`dpnb.privacy.calibrate_noise_multiplier`). ``composed_with`` holds other releases of
+    the same data (each with its σ, under the same adjacency) that ε must cover too; σ, ``steps``
+    and calibration always refer to the run itself.
     """
 
     noise_multiplier: float | None
@@ -82,6 +93,7 @@ class SampledGaussianEvent:
     steps: int
     sampling: Sampling = "poisson"
     adjacency: Adjacency = "add/remove"
+    composed_with: tuple["SampledGaussianEvent", ...] = ()
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is not None:
@@ -90,6 +102,26 @@ class SampledGaussianEvent:
         check_int("steps", self.steps, low=1)
         check_choice("sampling", self.sampling, SAMPLINGS)
         check_choice("adjacency", self.adjacency, ADJACENCIES)
+        if not isinstance(self.composed_with, tuple):
+            raise ParameterError("composed_with must be a tuple of SampledGaussianEvents")
+        for other in self.composed_with:
+            if not isinstance(other, SampledGaussianEvent) or other.noise_multiplier is None or other.composed_with:
+                raise ParameterError("composed_with must hold SampledGaussianEvents with a noise_multiplier "
+                                     "(and nothing composed with them)")
+            if other.adjacency != self.adjacency:
+                raise ParameterError(f"composed_with must share the run's adjacency ({self.adjacency}), "
+                                     f"got {other.adjacency}")
+
+    @classmethod
+    def gaussian(cls, *, noise_multiplier: float, releases: int = 1,
+                 adjacency: Adjacency = "add/remove") -> "SampledGaussianEvent":
+        """``releases`` Gaussian mechanisms on the whole dataset (rate 1), each with noise std
+        ``noise_multiplier`` times its sum's L2 sensitivity, e.g. noisy statistics of the data."""
+        return cls(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=releases, adjacency=adjacency)
+
+    def composed(self, *others: "SampledGaussianEvent") -> "SampledGaussianEvent":
+        """This run, with ``others`` (releases of the same data) composed with it."""
+        return replace(self, composed_with=self.composed_with + others)
 
     @classmethod
     def from_batches(cls, *, noise_multiplier: float | None, dataset_size: int, batch_size: int,
@@ -111,5 +143,8 @@ class SampledGaussianEvent:
         return _SAMPLING_TEXT[self.sampling]
 
     def label(self, accountant: str) -> str:
-        """How an ε of this run is labelled in tables and CSVs: accountant, sampling, adjacency."""
-        return f"{accountant} ({self.sampling_text}, {self.adjacency})"
+        """How an ε of this run is labelled in tables and CSVs: accountant, sampling, adjacency (and
+        the releases composed with it)."""
+        extra = sum(e.steps for e in self.composed_with)
+        also = f"; with {extra} Gaussian release{'s' if extra > 1 else ''}" if extra else ""
+        return f"{accountant} ({self.sampling_text}, {self.adjacency}{also})"
