@@ -144,3 +144,21 @@ def test_nonprivate_learns_and_bad_input_is_named():
     with pytest.raises(ParameterError, match="optimizer"):
         train_linear(TensorDataset(x, y), None, TrainConfig(optimizer="adam", noise_multiplier=1.0), num_classes=2,
                      progress=False)
+
+
+def test_averaged_iterates_are_post_processing_of_the_same_run():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(800, 5, generator=g)
+    y = (x[:, 0] - x[:, 2] > 0).long()
+    cfg = TrainConfig(epochs=3, batch_size=100, lr=2.0, momentum=0.9, target_epsilon=2.0, max_grad_norm=1.0, seed=1)
+    data = TensorDataset(x, y)
+    plain = train_linear(data, data, cfg, num_classes=2, progress=False)
+    averaged = train_linear(data, data, cfg, num_classes=2, ema_decay=0.9, progress=False)
+    # the same iterates (same noise, same ε); only what is evaluated and returned differs
+    assert list(averaged.history["test_accuracy_raw"]) == list(plain.history["test_accuracy"])
+    assert averaged.epsilon == plain.epsilon
+    assert not torch.allclose(averaged.model.weight, plain.model.weight)
+    last = train_linear(data, data, cfg, num_classes=2, ema_decay=0.0, progress=False)  # decay 0: the last iterate
+    torch.testing.assert_close(last.model.weight, plain.model.weight)
+    with pytest.raises(ParameterError, match="ema_decay"):
+        train_linear(data, data, cfg, num_classes=2, ema_decay=1.5, progress=False)

@@ -40,7 +40,9 @@ from torch.utils.data import TensorDataset
 
 from dpnb.devices import select_device
 from dpnb.dpsgd import DPSGD, clip_factors
+from dpnb.layers import EMA
 from dpnb.params import ParameterError, check_int
+from dpnb.privacy import SampledGaussianEvent
 from dpnb.train import TrainConfig, TrainResult
 
 
@@ -99,6 +101,7 @@ def _flat(ds: TensorDataset, device: torch.device, views: int) -> tuple[torch.Te
 
 def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, config: TrainConfig, *,
                  num_classes: int, views: int = 1, test_views: int = 1,
+                 composed_with: tuple[SampledGaussianEvent, ...] = (), ema_decay: float | None = None,
                  progress: bool = True) -> TrainResult:
     """DP-SGD (``config.dp``) or plain SGD for ``nn.Linear`` on flattened tensors; same result type as
     :func:`dpnb.train.train`.
@@ -110,7 +113,12 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
     whose gradients are averaged before the one clipping (:func:`clipped_gradient_sum`); the
     sampling rate, steps and σ, hence ε, do not depend on K. With ``test_views=K`` the test
     features are ``(N, K, ...)`` too and predictions average the views' probabilities
-    (test-time augmentation: post-processing, no privacy cost).
+    (test-time augmentation: post-processing, no privacy cost). ``composed_with`` are earlier
+    releases of the training data (e.g. the noisy statistics of
+    :func:`dpnb.normalization.private_standardizer`): σ is calibrated so that ε covers them too.
+    With ``ema_decay``, an exponential moving average of the iterates (:class:`dpnb.layers.EMA`,
+    with its warm-up; post-processing, no privacy cost) is evaluated and returned as the model;
+    the history's ``test_accuracy_raw`` is the last iterate's.
     """
     from dpnb.progress import progress as progress_bar
 
@@ -133,13 +141,17 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
     nn.init.zeros_(model.weight)
     nn.init.zeros_(model.bias)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    ema = EMA(model, decay=ema_decay, warmup=True) if ema_decay is not None else None
+    evaluated = ema.average if ema is not None else model
     generator = torch.Generator(device=device).manual_seed(config.seed)
     core = None
     if config.dp:  # sampling rate, sigma and step count: the DP-SGD core's
         core = DPSGD(dataset_size=n, batch_size=config.batch_size, epochs=config.epochs,
                      max_grad_norm=config.max_grad_norm, noise_multiplier=config.noise_multiplier,
                      target_epsilon=config.target_epsilon, delta=config.delta, accountant=config.accountant,
-                     generator=generator, device=device)
+                     generator=generator, device=device, composed_with=composed_with)
+    elif composed_with:
+        raise ParameterError("composed_with needs a DP run (config.dp)")
     steps_per_epoch = core.steps_per_epoch if core is not None else math.ceil(n / config.batch_size)
     sigma = core.noise_multiplier if core is not None else None
     sample_rate = core.sample_rate if core is not None else None
@@ -173,6 +185,8 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
                 nn.functional.cross_entropy(logits.reshape(-1, num_classes),
                                             yb.repeat_interleave(views)).backward()
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             steps += 1
             probs = torch.softmax(logits.detach(), dim=-1)
             probs = probs.mean(1) if probs.ndim == 3 else probs
@@ -182,7 +196,9 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
         row: dict[str, Any] = dict(epoch=epoch, steps=steps, loss=tot_loss / max(seen, 1),
                                    train_accuracy=correct / max(seen, 1))
         if xt is not None:
-            row["test_loss"], row["test_accuracy"] = _accuracy(model, xt, yt)  # type: ignore[arg-type]
+            row["test_loss"], row["test_accuracy"] = _accuracy(evaluated, xt, yt)  # type: ignore[arg-type]
+            if ema is not None:
+                row["test_accuracy_raw"] = _accuracy(model, xt, yt)[1]  # type: ignore[arg-type]
         if core is not None:
             row.update(core.epsilons())
         row["seconds"] = time.perf_counter() - t0
@@ -193,6 +209,6 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
     history["sample_rate"] = sample_rate
     history["delta"] = config.delta if config.dp else None
     eps = {k.removeprefix("epsilon_"): float(rows[-1][k]) for k in rows[-1] if k.startswith("epsilon_")}
-    return TrainResult(model=model, history=history, config=config, noise_multiplier=sigma,
+    return TrainResult(model=evaluated, history=history, config=config, noise_multiplier=sigma,
                        sample_rate=sample_rate, steps=steps, epsilon=eps,
                        seconds=time.perf_counter() - t_start)
