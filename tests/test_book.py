@@ -228,7 +228,10 @@ BAD_PARAMETERS = [
     ("cifar10", {"epsilon": -1}, "epsilon must be > 0, got -1"),
     ("cifar10", {"architectures": ["ReLU + BatchNorm"]}, "architectures must be one of"),
     ("cifar10", {"scale_model": "vgg"}, "scale_model must be one of"),
-    ("cifar10", {"scatter_linear_groups": 100}, "scatter_linear_groups must be one of 1, 3, 9, 27, 81, 243; got 100"),
+    ("cifar10", {"scatter_normalization": "groups-100"},
+     "scatter_normalization must be one of 'groups-1', 'groups-3', 'groups-9', 'groups-27', 'groups-81', "
+     "'groups-243', 'private'; got 'groups-100'"),
+    ("cifar10", {"scatter_stats_noise_multiplier": 0}, "scatter_stats_noise_multiplier must be > 0"),
     ("dpgan", {"loss": "hinge"}, "loss must be one of"),
     ("dpgan", {"epsilons": [10.0, 0]}, "epsilons must be > 0, got 0"),
     ("gswgan", {"num_discriminators": 1}, "num_discriminators must be an integer in [2, 30000], got 1"),

@@ -37,6 +37,9 @@ PROFILES = ("smoke", "book", "gpu", "gpu-tiny")  # book/profiles.yml; "book" is 
 # the gpu profile under its --tiny overlay (see shrinks)
 PROBABILITY = Number(0, 1, open="both")  # delta
 MNIST, CIFAR = TRAIN_SIZES["mnist"], TRAIN_SIZES["cifar10"]
+#: How the CIFAR-10 chapter normalises ScatterNet features: per-image GroupNorm in G groups, or
+#: per channel with DP statistics (:mod:`dpnb.normalization`)
+SCATTER_NORMALIZATIONS = tuple(f"groups-{g}" for g in (1, 3, 9, 27, 81, 243)) + ("private",)
 
 
 def _evaluation() -> dict[str, Rule]:
@@ -113,11 +116,13 @@ RULES: dict[str, dict[str, Rule]] = {
         smoothnet_depth=Number(1, 10), smoothnet_epochs=Int(1),
         smoothnet_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), smoothnet_learning_rates=Each(Positive()),
         scatter_limit=Maybe(Int(100, CIFAR)),
-        search_learning_rates=Each(Positive(), empty=True), search_groups=Each(Choice([1, 3, 9, 27, 81, 243]),
-                                                                               empty=True),
+        search_learning_rates=Each(Positive(), empty=True),
+        search_normalizations=Each(Choice(SCATTER_NORMALIZATIONS), empty=True),
         scatter_epochs=Int(1), scatter_batch_size=Int(1, high=lambda p: p["scatter_limit"] or CIFAR),
         scatter_learning_rate=Positive(), scatter_max_grad_norm=Positive(),
-        scatter_linear_groups=Choice([1, 3, 9, 27, 81, 243]), scatter_flips=Flag(), scatter_cnn_epochs=Int(1),
+        scatter_normalization=Choice(SCATTER_NORMALIZATIONS), scatter_stats_noise_multiplier=Positive(),
+        scatter_stats_mean_bound=Positive(), scatter_stats_square_bound=Positive(),
+        scatter_ema_decay=Maybe(Number(0, 1, open="high")), scatter_flips=Flag(), scatter_cnn_epochs=Int(1),
         scatter_cnn_batch_size=Int(1, high=lambda p: p["scatter_limit"] or CIFAR),
         scatter_cnn_learning_rate=Positive(), scale_model=Choice(models.SCALE_MODELS),
         scale_epochs=Int(1), scale_steps=Maybe(Int(1)), scale_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR),
@@ -201,7 +206,8 @@ def parameters(chapter: str, namespace: dict[str, Any]) -> dict[str, Any]:
 KEPT_BY_TINY = frozenset({
     "image_size", "width", "cnn_width", "z_dim", "num_discriminators", "critic_iters", "n_critic", "gan_critic",
     "gswgan_discriminators", "gswgan_critic_iters", "merf_features", "components", "noise_multiplier",
-    "scatter_linear_groups", "ema_decay", "max_grad_norm", "cnn_max_grad_norm", "scatter_max_grad_norm",
+    "scatter_stats_noise_multiplier", "scatter_stats_mean_bound", "scatter_stats_square_bound",
+    "scatter_ema_decay", "ema_decay", "max_grad_norm", "cnn_max_grad_norm", "scatter_max_grad_norm",
     "vae_max_grad_norm", "delta", "even_delta", "split_seed", "smoothnet_width", "smoothnet_depth",
     "scale_noise_multiplier", "scale_max_grad_norm", "scale_momentum", "backbone_image_size",
 })
