@@ -296,8 +296,8 @@ display(Markdown("DP test accuracy by architecture: " + "; ".join(
 # * `private`: per channel, with the mean and variance of the **training set**, released under DP
 #   (`dpnb.normalization.private_standardizer`). Each image contributes its 243 channel means and
 #   its 243 channel means of squares, each vector clipped to an L2 norm of at most
-#   `scatter_stats_mean_bound` or `scatter_stats_square_bound`, and each of the two sums gets Gaussian noise of
-#   `scatter_stats_noise_multiplier` times its bound. These two releases are part of the run's
+#   `scatter_stats_mean_bound` or `scatter_stats_square_bound`, and each of the two sums gets
+#   Gaussian noise of `scatter_stats_noise_multiplier` times its bound. These two releases are part of the run's
 #   privacy record: DP-SGD's σ is calibrated so that the one ε reported covers them and the
 #   training together (`composed_with`; `tests/test_normalization.py`). Tramèr & Boneh set the
 #   bounds to the median norms of the data, which they call a small leak; here they are fixed
@@ -323,17 +323,17 @@ display(Markdown("DP test accuracy by architecture: " + "; ".join(
 # **Declared searches.** While this chapter was written, about a dozen trial runs of the linear
 # model (the same DP-SGD, ε = 3) were scored on the test set, before the validation protocol:
 # input grouping (27, 81 or 243 groups), learning rate (2, 4 and 8), average pooling of the maps,
-# mirror views and test-time mirroring on top; they fixed the mirror views and the schedule. Later
-# development runs (eight), scored on the validation images, compared GroupNorm with the private
-# normalisation (learning rates 2, 4 and 8), checked the statistics' noise against exact
-# statistics, tried two averaging decays and 90 instead of 60 epochs. The learning rate and the
-# normalisation are now chosen in the chapter itself, on the validation images, from
+# mirror views and test-time mirroring on top; they fixed the mirror views and the schedule.
+# Seven later development runs, scored on the validation images, compared GroupNorm with the
+# private normalisation (learning rates 2, 4 and 8), checked the statistics' noise against exact
+# statistics, and tried two averaging decays and 90 instead of 60 epochs. The learning rate and
+# the normalisation are now chosen in the chapter itself, on the validation images, from
 # `search_learning_rates` × `search_normalizations` (one run each, seed `seed`, trained on the
 # rest of the training set); the chosen setting is then trained on **all** training images, the
 # validation images included (as Tramèr & Boneh train), with every seed of `seeds` (each seed
-# drawing its own noisy statistics of that set), and scored once on the test set. None of these searches is counted in
-# ε (see the {doc}`budget` chapter on what tuning costs); Tramèr & Boneh's figure is also the best
-# of a grid.
+# drawing its own noisy statistics of that set), and scored once on the test set. None of these
+# searches is counted in ε (see the {doc}`budget` chapter on what tuning costs); Tramèr &
+# Boneh's figure is also the best of a grid.
 
 # %%
 import time
