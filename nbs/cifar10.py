@@ -337,6 +337,7 @@ display(Markdown("DP test accuracy by architecture: " + "; ".join(
 
 # %%
 import time
+from dataclasses import replace
 
 from dpnb import privacy, transfer
 from dpnb.linear import train_linear
@@ -410,14 +411,6 @@ def linear_run(lr: float, how: str, seed_: int, on: str):
                         ema_decay=scatter_ema_decay, progress=False)
 
 
-def run_label(run, how: str) -> str:
-    """The accountant column of a linear run: with the statistics' two releases when they are private."""
-    event = privacy.SampledGaussianEvent(run.noise_multiplier, run.sample_rate, run.steps,
-                                         composed_with=(private_stats(run.config.seed).event,) if how == "private"
-                                         else ())
-    return privacy.label(event, "prv")
-
-
 grid = list(product(search_learning_rates or [scatter_learning_rate], search_normalizations or [scatter_normalization]))
 search = pd.DataFrame([dict(lr=lr, normalisation=how, validation_accuracy=linear_run(lr, how, seed, "val").test_accuracy)
                        for lr, how in (progress(grid, desc="search on validation") if len(grid) > 1 else grid)])
@@ -440,7 +433,7 @@ lin_acc = pd.Series([r.test_accuracy for r in seed_runs])
 lin_std = float(lin_acc.std()) if len(seed_runs) > 1 else None
 scatter_runs["ScatterNet + linear"] = seed_runs[0]
 lin_cfg = seed_runs[0].config
-lin_label = run_label(seed_runs[0], chosen_norm)
+lin_label = privacy.label(seed_runs[0].event, "prv")
 cnn_cfg = dp_config(epochs=scatter_cnn_epochs, batch_size=scatter_cnn_batch_size, lr=scatter_cnn_learning_rate,
                     max_grad_norm=scatter_max_grad_norm)
 scatter_runs["ScatterNet + CNN"] = train(models.scatter_cnn(in_channels=raw["train"].shape[0], num_classes=10,
@@ -471,7 +464,7 @@ tb = published("cifar10").query("source == 'Tramèr & Boneh 2021'").set_index("m
 lin_text = prose.mean_std(float(lin_acc.mean()), lin_std, ".1%")
 norm_text = ("private per-channel statistics" if chosen_norm == "private"
              else f"GroupNorm in {chosen_norm.removeprefix('groups-')} groups")
-training_only = privacy.SampledGaussianEvent(lin.noise_multiplier, lin.sample_rate, lin.steps)
+training_only = replace(lin.event, composed_with=())
 stats_text = (f", the two releases of the statistics at σ = {scatter_stats_noise_multiplier:g} included; without them "
               f"the same σ gives ε = {privacy.epsilon(training_only, delta=delta, accountant='prv'):.2f}"
               if chosen_norm == "private" else "")

@@ -68,6 +68,7 @@ def test_the_release_is_accounted_with_the_training_run() -> None:
     assert both.noise_multiplier > alone.noise_multiplier
     covered = privacy.SampledGaussianEvent(both.noise_multiplier, both.sample_rate, both.steps,
                                            composed_with=(st.event,))
+    assert both.event == covered  # the record the result carries is the one ε was computed for
     assert both.epsilon["prv"] == pytest.approx(privacy.epsilon(covered, delta=cfg.delta, accountant="prv"))
     assert 1.9 <= both.epsilon["prv"] <= 2.0
     assert both.test_accuracy > 0.8

@@ -211,4 +211,4 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
     eps = {k.removeprefix("epsilon_"): float(rows[-1][k]) for k in rows[-1] if k.startswith("epsilon_")}
     return TrainResult(model=evaluated, history=history, config=config, noise_multiplier=sigma,
                        sample_rate=sample_rate, steps=steps, epsilon=eps,
-                       seconds=time.perf_counter() - t_start)
+                       seconds=time.perf_counter() - t_start, event=core.event() if core is not None else None)

@@ -106,6 +106,9 @@ class TrainResult:
     steps: int = 0
     epsilon: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the record of what ran (σ, q, steps, and the releases composed with it) that ``epsilon`` is for;
+    #: None without DP
+    event: privacy.SampledGaussianEvent | None = None
 
     @property
     def test_accuracy(self) -> float:
@@ -407,8 +410,10 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
     history["sample_rate"] = sample_rate
     history["delta"] = config.delta if config.dp else None
     eps = {k.removeprefix("epsilon_"): float(rows[-1][k]) for k in rows[-1] if k.startswith("epsilon_")}
+    event = privacy.SampledGaussianEvent(sigma, sample_rate, steps) if eps else None  # type: ignore[arg-type]
     return TrainResult(model=model, history=history, config=config, noise_multiplier=sigma,
-                       sample_rate=sample_rate, steps=steps, epsilon=eps, seconds=time.perf_counter() - t_start)
+                       sample_rate=sample_rate, steps=steps, epsilon=eps, seconds=time.perf_counter() - t_start,
+                       event=event)
 
 
 #: Under torchrun each process should expect about this many examples a step or more, so that no
