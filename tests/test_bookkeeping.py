@@ -143,6 +143,21 @@ def test_clipped_sum_equals_opacus_ghost_clipping_and_torch_func(case: str, batc
             assert err < 1e-5, f"{case} against {label}: {name} differs by {err:.1e} relative"
 
 
+@pytest.mark.parametrize("case", ["mnist_cnn", "cifar_cnn"])
+def test_clipped_sum_without_kept_per_example_gradients(case: str, monkeypatch) -> None:
+    """Over the memory cap a convolution's clipped sum is one convolution backward of c_i δ_i: same sums."""
+    from dpnb import bookkeeping
+
+    model, x, y = _case(case, 70, seed=3)
+    want, want_norms = _func_reference(model, x, y, 0.05)
+    monkeypatch.setattr(bookkeeping, "KEEP_ELEMENTS", 0)
+    got, norms = BookKeeping(model).clipped_sum(x, y, max_grad_norm=0.05)
+    torch.testing.assert_close(norms, want_norms, rtol=1e-5, atol=1e-7)
+    for name in want:
+        err = float((got[name] - want[name]).norm() / want[name].norm().clamp(min=1e-12))
+        assert err < 1e-5, f"{case}: {name} differs by {err:.1e} relative"
+
+
 def test_the_three_convolution_norms_are_the_ones_chosen() -> None:
     """Each case above reaches the norm computation its name says (the rule in _conv_sq_norms)."""
     from dpnb.bookkeeping import _conv_sq_norms
@@ -193,3 +208,40 @@ def test_agrees_with_opacus_per_sample_gradients_on_the_mnist_cnn() -> None:
     torch.testing.assert_close(norms, want_norms, rtol=1e-5, atol=1e-7)
     for name in want:
         assert float((got[name] - want[name]).norm() / want[name].norm()) < 1e-5, name
+
+
+class Branches(nn.Module):
+    """A layer whose output reaches the loss twice (a residual), and one whose output it never uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.unused, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        self.unused(h)
+        return self.out(h + torch.tanh(self.b(h)))
+
+
+def test_residual_and_unused_layers_match_per_example_gradients() -> None:
+    """Gradients that meet at a residual are summed before a layer sees them; an unused layer's sum is zero."""
+    torch.manual_seed(4)
+    model, x, y = Branches(), torch.randn(9, 4), torch.randint(0, 3, (9,))
+    got, norms = BookKeeping(model).clipped_sum(x, y, max_grad_norm=0.3)
+    want, want_norms = _func_reference(model, x, y, 0.3)  # torch.func: zero gradients for the unused layer
+    torch.testing.assert_close(norms, want_norms, rtol=1e-5, atol=1e-7)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert float(got["unused.weight"].abs().sum()) == 0.0 and float(got["unused.bias"].abs().sum()) == 0.0
+
+
+def test_a_layer_called_twice_is_refused_in_one_line_and_the_next_batch_works() -> None:
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.Tanh(), lin)
+    bk = BookKeeping(model)
+    with pytest.raises(ParameterError, match="called once per forward; 0 was called again"):
+        bk.clipped_sum(torch.randn(4, 3), torch.randint(0, 3, (4,)), max_grad_norm=1.0)
+    model2 = nn.Sequential(nn.Linear(3, 3))
+    bk2 = BookKeeping(model2)
+    sums, norms = bk2.clipped_sum(torch.randn(4, 3), torch.randint(0, 3, (4,)), max_grad_norm=1.0)
+    assert norms.shape == (4,) and model2(torch.randn(2, 3)).grad_fn is not None  # hooks idle outside clipped_sum

@@ -164,12 +164,36 @@ def test_bench_prints_a_table(tmp_path) -> None:
     assert df.loc[df["method"] == "non-private", "slowdown_vs_non_private"].item() == pytest.approx(1.0)
 
 
+def test_bench_ratios_are_paired_within_a_repeat(monkeypatch) -> None:
+    """Each slowdown divides by the non-private time of its own repeat; the summary takes medians."""
+    from dpnb import cost
+
+    times = {(0, "non-private"): 2.0, (0, "bk"): 3.0, (1, "non-private"): 4.0, (1, "bk"): 5.0,
+             (2, "non-private"): 2.0, (2, "bk"): 4.0}
+    calls = []
+
+    def fake(*, method: str, batch_size: int, **_: object) -> dict:
+        r = sum(1 for m, _ in calls if m == method)
+        calls.append((method, batch_size))
+        return dict(method=method, batch_size=batch_size, device="cpu", examples=10, samples_per_second=1.0,
+                    seconds_per_epoch=times[r, method], peak_memory_mb=float(r), memory_kind="cpu peak RSS")
+
+    monkeypatch.setattr(cost, "measure", fake)
+    df = cost.measure_grid(methods=["non-private", "bk"], batch_sizes=[64], repeats=3, progress=False)
+    assert calls == [("non-private", 64), ("bk", 64)] * 3  # interleaved, not all of one method first
+    assert list(df["slowdown_vs_non_private"]) == [1.0, 1.5, 1.0, 1.25, 1.0, 2.0]
+    row = cost.summarize(df).set_index("method").loc["bk"]
+    assert (row["repeats"], row["slowdown_vs_non_private"], row["slowdown_min"], row["slowdown_max"],
+            row["seconds_per_epoch"], row["peak_memory_mb"]) == (3, 1.5, 1.25, 2.0, 4.0, 2.0)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--batch-sizes", "0"], "--batch-sizes must be an integer in [1, 60000], got 0"),
         (["--methods", "jax"], "invalid choice: 'jax'"),
         (["--max-batches", "0"], "--max-batches must be an integer >= 1"),
+        (["--repeats", "0"], "--repeats must be an integer in [1, 100], got 0"),
     ],
 )
 def test_bench_bad_input(args: list[str], message: str, dpnb: Dpnb) -> None:

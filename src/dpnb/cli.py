@@ -154,7 +154,7 @@ def privacy_main(a: argparse.Namespace) -> int:
 
 
 def bench_main(a: argparse.Namespace) -> int:
-    from dpnb.cost import measure_grid
+    from dpnb.cost import measure_grid, summarize
     from dpnb.devices import select_device
 
     for b in a.batch_sizes:
@@ -163,18 +163,22 @@ def bench_main(a: argparse.Namespace) -> int:
         check_int("--limit", a.limit, low=max(a.batch_sizes), high=60_000 if a.workload == "mnist-cnn" else 50_000)
     if a.max_batches is not None:
         check_int("--max-batches", a.max_batches, low=1)
+    check_int("--repeats", a.repeats, low=1, high=100)
     select_device(a.device)  # a clear error for cuda without CUDA
     from dpnb.data import load_dataset
 
     load_dataset("mnist" if a.workload == "mnist-cnn" else "cifar10", split="train")  # one line if missing
     df = measure_grid(methods=a.methods, batch_sizes=a.batch_sizes, limit=a.limit,
-                      max_batches=a.max_batches, device=a.device, workload=a.workload)
+                      max_batches=a.max_batches, device=a.device, workload=a.workload, repeats=a.repeats)
+    table = summarize(df)
     cols = ["method", "batch_size", "device", "samples_per_second", "seconds_per_epoch",
-            "slowdown_vs_non_private", "peak_memory_mb"] + (["peak_increase_mb"] if "peak_increase_mb" in df else [])
+            "slowdown_vs_non_private"] + (["slowdown_min", "slowdown_max"] if a.repeats > 1 else []) + \
+        ["peak_memory_mb"] + (["peak_increase_mb"] if "peak_increase_mb" in table else [])
     name = "MNIST CNN (dpnb.models.mnist_cnn)" if a.workload == "mnist-cnn" else "CIFAR-10 CNN (cifar_cnn, width 16)"
+    medians = f"; medians of {a.repeats} repeats, slowdowns paired within a repeat" if a.repeats > 1 else ""
     print(f"{name}, {df['examples'].iloc[0]} examples per run; memory: "
-          f"{df['memory_kind'].iloc[0]}")
-    print(df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+          f"{df['memory_kind'].iloc[0]}{medians}")
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if a.csv:
         df.to_csv(a.csv, index=False)
     return 0
@@ -194,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--limit", type=int, default=None, help="train on a seeded subset of this size")
     pc.add_argument("--max-batches", type=int, default=None, help="time only this many steps per run")
     pc.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    pc.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    pc.add_argument("--repeats", type=int, default=1,
+                    help="time every (method, batch size) this many times, methods interleaved; the table shows "
+                         "medians and the range of the slowdown, the CSV every measurement")
+    pc.add_argument("--csv", default=None, help="also write every measurement to this CSV file (tidy: one row each)")
     pb = sub.add_parser("book", help="execute the chapters (papermill) and build the HTML book")
     from dpnb.book import add_arguments
 

@@ -175,22 +175,57 @@ def measure(*, method: str, batch_size: int, limit: int | None = None, max_batch
 def measure_grid(*, methods: Sequence[str] = METHODS, batch_sizes: Sequence[int] = (256, 1024),
                  limit: int | None = None, max_batches: int | None = None, max_examples: int | None = None,
                  device: str = "auto", progress: bool = True, workload: str = "mnist-cnn",
-                 image_size: int = 64) -> pd.DataFrame:
-    """:func:`measure` for every (method, batch size); adds each method's slowdown over non-private.
+                 image_size: int = 64, repeats: int = 1) -> pd.DataFrame:
+    """:func:`measure` for every (method, batch size), ``repeats`` times; one row per measurement.
 
     ``max_examples`` times about that many examples per run (``ceil(max_examples / batch)``
     steps), so that small and large batches are timed over a similar amount of work.
+    Each repeat times every method once, one after another, and ``slowdown_vs_non_private``
+    divides by the non-private time *of the same repeat and batch size* (a paired ratio: a slow
+    spell of the machine then slows both sides of one ratio, not one side of all of them);
+    :func:`summarize` takes the median over repeats.
     """
+    from dpnb.params import check_int
     from dpnb.progress import progress as progress_bar
 
-    grid = [(m, b) for b in batch_sizes for m in methods]
-    rows = [measure(method=m, batch_size=b, limit=limit, device=device, workload=workload, image_size=image_size,
-                    max_batches=-(-max_examples // b) if max_examples else max_batches)
-            for m, b in progress_bar(grid, desc="cost of privacy", enable=progress)]
+    check_int("repeats", repeats, low=1, high=100)
+    grid = [(r, m, b) for r in range(repeats) for b in batch_sizes for m in methods]
+    rows = [dict(measure(method=m, batch_size=b, limit=limit, device=device, workload=workload,
+                         image_size=image_size, max_batches=-(-max_examples // b) if max_examples else max_batches),
+                 repeat=r)
+            for r, m, b in progress_bar(grid, desc="cost of privacy", enable=progress)]
     df = pd.DataFrame(rows)
-    base = df[df["method"] == "non-private"].set_index("batch_size")["seconds_per_epoch"]
-    df["slowdown_vs_non_private"] = df["seconds_per_epoch"] / df["batch_size"].map(base)
+    base = df[df["method"] == "non-private"].set_index(["repeat", "batch_size"])["seconds_per_epoch"]
+    key = pd.MultiIndex.from_frame(df[["repeat", "batch_size"]])
+    df["slowdown_vs_non_private"] = df["seconds_per_epoch"].to_numpy() / base.reindex(key).to_numpy()
     return df
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, batch size) of :func:`measure_grid`'s rows: medians over the repeats,
+    the range of the paired slowdown (``slowdown_min``, ``slowdown_max``) and the largest peak memory.
+
+        >>> rows = pd.DataFrame(dict(method=["non-private", "bk"] * 3, batch_size=256, repeat=[0, 0, 1, 1, 2, 2],
+        ...     device="cpu", samples_per_second=1.0, seconds_per_epoch=[2, 3, 2, 4, 3, 4.2],
+        ...     slowdown_vs_non_private=[1, 1.5, 1, 2, 1, 1.4], peak_memory_mb=1.0))
+        >>> summarize(rows)[["method", "repeats", "slowdown_vs_non_private", "slowdown_min", "slowdown_max"]]
+                method  repeats  slowdown_vs_non_private  slowdown_min  slowdown_max
+        0  non-private        3                      1.0           1.0           1.0
+        1           bk        3                      1.5           1.4           2.0
+    """
+    order = {m: i for i, m in enumerate(dict.fromkeys(df["method"]))}
+    g = df.groupby(["batch_size", "method", "device"], sort=False)
+    out = g.agg(repeats=("repeat", "size"), samples_per_second=("samples_per_second", "median"),
+                seconds_per_epoch=("seconds_per_epoch", "median"),
+                slowdown_vs_non_private=("slowdown_vs_non_private", "median"),
+                slowdown_min=("slowdown_vs_non_private", "min"), slowdown_max=("slowdown_vs_non_private", "max"),
+                peak_memory_mb=("peak_memory_mb", "max"),
+                **({"peak_increase_mb": ("peak_increase_mb", "max")} if "peak_increase_mb" in df else {}))
+    out = out.reset_index()
+    out = out.sort_values(["batch_size", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+                          kind="stable")
+    cols = ["method", "batch_size", "device"] + [c for c in out if c not in ("method", "batch_size", "device")]
+    return out[cols].reset_index(drop=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
