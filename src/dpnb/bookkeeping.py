@@ -16,8 +16,10 @@ what one backward pass already has, each layer's input activations :math:`a` and
 * the clipped sum is one product, :math:`S = \sum_{i,t} (c_i\delta_{it}) a_{it}^\top`; for a
   convolution, PyTorch's own weight-gradient kernel applied to :math:`c_i\delta_i`.
 
-The backward pass asks autograd for the layers' output gradients only, so no parameter gradient
-is computed twice. Supported: ``nn.Linear``, ``nn.Conv2d`` (``groups=1``, numeric padding),
+The backward pass computes the layers' output gradients only (no parameter gradient), and each
+layer's share (norms, and what its sum needs) is taken from its output gradient inside that pass,
+which then frees the gradient as non-private backpropagation does (:class:`_Tap`).
+Supported: ``nn.Linear``, ``nn.Conv2d`` (``groups=1``, numeric padding),
 ``nn.GroupNorm`` (affine) and ``nn.Embedding``; a model with any other trainable parameter is
 refused by :func:`unsupported` (the caller falls back to Opacus, with a one-line notice).
 
