@@ -176,7 +176,8 @@ def _conv_terms(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> "Terms":
     :data:`KEEP_ELEMENTS` numbers (one matrix-vector product instead of a convolution backward: on
     the MNIST CNN's second convolution 0.13 ms against 0.44 ms at batch 256, 2 cores), else one
     convolution backward of the clip-weighted output gradients :math:`c_i\\delta_i`, by the kernel
-    non-private SGD uses for its weight gradient (``d`` is scaled in place: it is this layer's own copy).
+    non-private SGD uses for its weight gradient (``d`` is scaled in place, after the backward pass: nothing
+    reads that gradient any more).
     """
     out = []
     if m.weight.requires_grad:
