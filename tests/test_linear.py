@@ -2,13 +2,14 @@
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from dpnb import privacy
-from dpnb.linear import clipped_gradient_sum, per_example_grad_norms, train_linear
+from dpnb.linear import clipped_gradient_sum, input_gram, per_example_grad_norms, train_linear
 from dpnb.params import ParameterError
 from dpnb.train import TrainConfig
 
@@ -71,6 +72,14 @@ def test_views_are_averaged_then_clipped_once(problem):
         delta = torch.softmax(model(views), -1) - nn.functional.one_hot(y, 4)[:, None]
     torch.testing.assert_close(per_example_grad_norms(inputs=views, logit_grads=delta), mean.norm(dim=1),
                                rtol=1e-5, atol=1e-6)
+    # the input part of the norms, computed once for the data set (as train_linear does), gives the same sums
+    gram = input_gram(views, chunk=5)
+    assert gram.shape == (64, 3, 3)
+    gw2, gb2, _ = clipped_gradient_sum(model, views, y, max_grad_norm=C, gram=gram)
+    torch.testing.assert_close(torch.cat([gw2.flatten(), gb2]), clipped.sum(0), rtol=1e-4, atol=1e-5)
+    single = input_gram(x)
+    assert single.shape == (64, 1, 1)
+    torch.testing.assert_close(single.flatten(), x.pow(2).sum(1) + 1)
 
 
 def test_one_step_adds_noise_of_std_sigma_C_over_batch():
@@ -104,6 +113,24 @@ def test_target_epsilon_is_met_and_accounted_like_opacus_loader():
     assert list(run.history["epoch"]) == [1, 2, 3, 4]
     again = train_linear(TensorDataset(x, y), TensorDataset(x, y), cfg, num_classes=2, progress=False)
     torch.testing.assert_close(again.model.weight, run.model.weight)  # same seed, same run
+
+
+def test_a_batch_in_chunks_gives_the_run_of_the_whole_batch(monkeypatch: pytest.MonkeyPatch):
+    """On a CPU a DP batch is processed in chunks of CHUNK_BYTES: chunks of 3 examples give the same run
+    (up to float rounding) as one chunk, with two views, the same noise and the same accuracy history."""
+    import dpnb.linear as linear
+
+    g = torch.Generator().manual_seed(6)
+    two = torch.randn(400, 2, 5, generator=g)
+    y = (two[:, 0, 0] > 0).long()
+    cfg = TrainConfig(epochs=2, batch_size=80, lr=1.0, momentum=0.9, target_epsilon=2.0, max_grad_norm=0.5, seed=2)
+    whole = train_linear(TensorDataset(two, y), TensorDataset(two, y), cfg, views=2, test_views=2, num_classes=2,
+                         progress=False)
+    monkeypatch.setattr(linear, "CHUNK_BYTES", 3 * 2 * 5 * 4)  # three examples of 2 x 5 float32 values
+    chunked = train_linear(TensorDataset(two, y), TensorDataset(two, y), cfg, views=2, test_views=2, num_classes=2,
+                           progress=False)
+    torch.testing.assert_close(chunked.model.weight, whole.model.weight, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_series_equal(chunked.history["train_accuracy"], whole.history["train_accuracy"])
 
 
 def test_views_train_and_test_time_augmentation():

@@ -45,35 +45,59 @@ from dpnb.params import ParameterError, check_int
 from dpnb.privacy import SampledGaussianEvent
 from dpnb.train import TrainConfig, TrainResult
 
+#: Bytes of features per chunk of a DP batch on a CPU (a few MiB: the chunk stays in cache while it is used)
+CHUNK_BYTES = 8 * 2**20
 
-def per_example_grad_norms(*, inputs: torch.Tensor, logit_grads: torch.Tensor) -> torch.Tensor:
+
+def input_gram(inputs: torch.Tensor, *, chunk: int = 4096) -> torch.Tensor:
+    """``x_ik . x_il + 1`` for every example ``i`` and views ``k, l``: ``(N, K, K)`` from ``(N, K, d)``
+    (``(N, 1, 1)`` from ``(N, d)``), in chunks of ``chunk`` examples so that no input-sized temporary
+    is made. It depends on the inputs only, so a training run computes it once
+    (:func:`per_example_grad_norms`).
+
+        >>> input_gram(torch.ones(2, 3)).flatten().tolist()
+        [4.0, 4.0]
+    """
+    x = inputs if inputs.ndim == 3 else inputs[:, None]
+    if not len(x):
+        return x.new_zeros(0, x.shape[1], x.shape[1])
+    return torch.cat([c @ c.transpose(1, 2) + 1 for c in x.split(chunk)])
+
+
+def per_example_grad_norms(*, inputs: torch.Tensor, logit_grads: torch.Tensor,
+                           gram: torch.Tensor | None = None) -> torch.Tensor:
     """Norm of each example's gradient with respect to ``(W, b)``.
 
     One view per example, ``(B, d)`` and ``(B, classes)``: ``||delta_i|| * sqrt(||x_i||^2 + 1)``
     (Goodfellow 2015, Sec. 2). ``K`` views per example, ``(B, K, d)`` and ``(B, K, classes)``, whose
     gradient is the mean over the views (augmentation multiplicity, De et al. 2022, Sec. 3.1):
-    ``sqrt(sum_{k,l} (delta_ik . delta_il) (x_ik . x_il + 1)) / K``.
+    ``sqrt(sum_{k,l} (delta_ik . delta_il) (x_ik . x_il + 1)) / K``. ``gram`` is the batch's
+    :func:`input_gram`, when already known (then ``inputs`` is not read).
     """
+    if gram is None:
+        gram = input_gram(inputs)
     if inputs.ndim == 2:
-        return logit_grads.norm(dim=1) * (inputs.pow(2).sum(1) + 1).sqrt()
-    gram = (logit_grads @ logit_grads.transpose(1, 2)) * (inputs @ inputs.transpose(1, 2) + 1)
-    return gram.sum((1, 2)).clamp(min=0).sqrt() / inputs.shape[1]
+        return logit_grads.norm(dim=1) * gram.reshape(-1).sqrt()
+    products = (logit_grads @ logit_grads.transpose(1, 2)) * gram
+    return products.sum((1, 2)).clamp(min=0).sqrt() / inputs.shape[1]
 
 
 def clipped_gradient_sum(model: nn.Linear, inputs: torch.Tensor, targets: torch.Tensor, *,
-                         max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         max_grad_norm: float, gram: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of clipped per-example gradients for ``W``, for ``b``, the logits) of a batch.
 
     ``inputs`` is ``(B, d)``, or ``(B, K, d)`` for ``K`` views of each example: then an example's
     gradient is the mean over its views, clipped once, so it still adds at most ``C`` to the
     sum. Each example's gradient is scaled by ``min(1, C / ||g_i||)`` (Abadi et al. 2016, Alg. 1).
+    ``gram``: the batch's :func:`input_gram`, when already known.
     """
     with torch.no_grad():
         x = inputs if inputs.ndim == 3 else inputs[:, None]
         logits = model(x)                                              # (B, K, classes)
         delta = torch.softmax(logits, dim=-1)
         delta[torch.arange(len(targets), device=delta.device), :, targets] -= 1
-        norms = per_example_grad_norms(inputs=x, logit_grads=delta)
+        norms = per_example_grad_norms(inputs=x, logit_grads=delta, gram=gram)
         scale = clip_factors(norms, max_grad_norm=max_grad_norm) / x.shape[1]
         delta = (delta * scale[:, None, None]).flatten(0, 1)
         return delta.T @ x.flatten(0, 1), delta.sum(0), logits if inputs.ndim == 3 else logits[:, 0]
@@ -155,13 +179,15 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
     steps_per_epoch = core.steps_per_epoch if core is not None else math.ceil(n / config.batch_size)
     sigma = core.noise_multiplier if core is not None else None
     sample_rate = core.sample_rate if core is not None else None
-    expected_batch = core.expected_batch_size if core is not None else config.batch_size
     rows: list[dict[str, Any]] = []
     t_start, steps = time.perf_counter(), 0
-    # Poisson batches exceed q N by more than 6 standard deviations with probability < 1e-9; larger ones
-    # fall back to plain indexing
-    cap = min(n, int(expected_batch + 6 * math.sqrt(expected_batch) + 1)) if config.dp else config.batch_size
-    buffer = torch.empty((cap, *x.shape[1:]), dtype=x.dtype, device=device) if device.type == "cpu" else None
+    # A DP batch is processed in chunks of about CHUNK_BYTES on a CPU: each chunk is gathered, its logits,
+    # norms and clipped sum formed while it is still in cache, so the batch is read from memory once, not
+    # three times (gather, logits, sum). Plain SGD gathers the whole batch into one reused buffer.
+    row_bytes = x[0].numel() * x.element_size()
+    cap = (max(1, CHUNK_BYTES // max(row_bytes, 1)) if device.type == "cpu" else n) if config.dp else config.batch_size
+    buffer = torch.empty((min(cap, n), *x.shape[1:]), dtype=x.dtype, device=device) if device.type == "cpu" else None
+    grams = input_gram(x) if core is not None else None  # the norms' input part, once: one pass less per step
     for epoch in progress_bar(range(1, config.epochs + 1), desc="epochs", enable=progress):
         t0 = time.perf_counter()
         tot_loss, correct, seen = 0.0, 0, 0
@@ -171,15 +197,23 @@ def train_linear(train_set: TensorDataset, test_set: TensorDataset | None, confi
                 idx = core.sample()
             else:
                 idx = order[s * config.batch_size:(s + 1) * config.batch_size]  # type: ignore[index]
-            # gather into one reused buffer: a fresh multi-GB batch each step costs more in page faults than the math
-            xb = torch.index_select(x, 0, idx, out=buffer[:len(idx)]) if buffer is not None and len(idx) <= cap \
-                else x[idx]
             yb = y[idx]
-            if core is not None:  # stage 2 in closed form, then the core's noise and scale
-                gw, gb, logits = clipped_gradient_sum(model, xb, yb, max_grad_norm=config.max_grad_norm)
+            if core is not None:  # stage 2 in closed form, chunk by chunk, then the core's noise and scale
+                gw, gb = torch.zeros_like(model.weight), torch.zeros_like(model.bias)
+                parts = []
+                for part in idx.split(cap):
+                    xb = torch.index_select(x, 0, part, out=buffer[:len(part)]) if buffer is not None else x[part]
+                    w, b, lg = clipped_gradient_sum(model, xb, y[part], max_grad_norm=config.max_grad_norm,
+                                                    gram=grams[part])  # type: ignore[index]
+                    gw += w
+                    gb += b
+                    parts.append(lg)
+                logits = torch.cat(parts) if parts else model(x[:0])
                 noisy = core.privatize({"weight": gw, "bias": gb})
                 model.weight.grad, model.bias.grad = noisy["weight"], noisy["bias"]
             else:
+                # gather into one reused buffer: a fresh multi-GB batch each step costs more in page faults
+                xb = torch.index_select(x, 0, idx, out=buffer[:len(idx)]) if buffer is not None else x[idx]
                 optimizer.zero_grad(set_to_none=True)
                 logits = model(xb)  # every view is a training example of its own
                 nn.functional.cross_entropy(logits.reshape(-1, num_classes),
