@@ -241,6 +241,9 @@ BAD_PARAMETERS = [
     ("cifar10", {"scale_noise_multiplier": 10.0, "scale_epsilons": [1.0, 8.0]},  # a stated recipe's sigma: one target
      "scale_epsilons must have one value (the target of the recipe whose scale_noise_multiplier is given)"),
     ("cifar10", {"scale_learning_rates": [4.0, -1.0]}, "scale_learning_rates must be > 0, got -1"),
+    ("cifar10", {"e2e_limit": 1000, "e2e_batch_size": 2000},
+     "e2e_batch_size must be an integer in [1, 1000], got 2000"),
+    ("cifar10", {"e2e_batch_size": 46_000}, "e2e_batch_size must be an integer in [1, 45000], got 46000"),
 ]
 
 

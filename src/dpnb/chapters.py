@@ -109,7 +109,10 @@ RULES: dict[str, dict[str, Rule]] = {
     "cifar10": dict(
         epsilon=Positive(), delta=PROBABILITY, seed=Int(0), seeds=Each(Int(0)), device=Device(),
         validation_size=Int(0, 10_000), cnn_limit=Maybe(Int(20, high=lambda p: CIFAR - p["validation_size"])),
-        test_limit=Maybe(Int(20, TEST_SIZES["cifar10"])), cnn_width=Int(8, 256), cnn_epochs=Int(1),
+        test_limit=Maybe(Int(20, TEST_SIZES["cifar10"])), cnn_width=Int(8, 256),
+        e2e_limit=Maybe(Int(20, high=lambda p: CIFAR - p["validation_size"])), e2e_epochs=Int(1),
+        e2e_batch_size=Int(1, high=lambda p: p["e2e_limit"] or CIFAR - p["validation_size"]),
+        e2e_learning_rate=Positive(), e2e_baseline_learning_rate=Positive(), cnn_epochs=Int(1),
         cnn_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR), cnn_learning_rate=Positive(),
         cnn_max_grad_norm=Positive(), baseline_learning_rate=Positive(),
         architectures=Each(Choice(_cifar_architectures)), smoothnet_width=Number(0.125, 16),
