@@ -374,11 +374,12 @@ display(Markdown("DP test accuracy by architecture: " + "; ".join(
 # statistics, and tried two averaging decays and 90 instead of 60 epochs. The learning rate and
 # the normalisation are now chosen in the chapter itself, on the validation images (one run each,
 # seed `seed`, trained on the rest of the training set): each of `search_learning_rates` with the
-# first of `search_normalizations`, then the other normalisations at the best of those rates (an
-# earlier build of this chapter ran every pair, both normalisations at both rates, with the same
-# ranking; that saved run is part of the declared search); the chosen setting is then trained on **all** training images, the
-# validation images included (as Tramèr & Boneh train), with every seed of `seeds` (each seed
-# drawing its own noisy statistics of that set), and scored once on the test set. None of these
+# first of `search_normalizations`, then the other normalisations at the best of those rates. (An
+# earlier build of this chapter ran every pair, both normalisations at both rates, and ranked
+# them the same way; that build is part of the declared search.) The chosen setting is then
+# trained on **all** training images, the validation images included (as Tramèr & Boneh train),
+# with every seed of `seeds` (each seed drawing its own noisy statistics of that set), and scored
+# once on the test set. None of these
 # searches is counted in ε (see the {doc}`budget` chapter on what tuning costs); Tramèr &
 # Boneh's figure is also the best of a grid.
 
