@@ -113,7 +113,7 @@ from torch.utils.data import TensorDataset
 
 from dpnb import chapters, data, dpsgd, features, models, plots, prose, scale
 from dpnb.published import published
-from dpnb.results import Results
+from dpnb.results import Results, SectionClock
 from dpnb.train import TrainConfig, train
 
 globals().update(chapters.parameters("cifar10", globals()))  # every parameter, checked
@@ -123,16 +123,8 @@ torch.manual_seed(seed)
 results = Results(chapter="cifar10", profile=profile)
 ACCOUNTANT = dpsgd.accountant_label("prv")
 summary_rows: list[dict] = []  # one row per variant, for the closing figure and table
-section_seconds: dict[str, float] = {}  # what each section of this run cost, for the summary
-_clock = {"section": "data", "since": time.perf_counter()}
+clock = SectionClock(first="data")  # what each section of this run cost, for the table at the end
 print(f"device: {device}; torch threads: {torch.get_num_threads()}")
-
-
-def section(name: str) -> None:
-    """Charge the time since the last call to the section that was running, and start ``name``."""
-    now = time.perf_counter()
-    section_seconds[_clock["section"]] = section_seconds.get(_clock["section"], 0.0) + now - _clock["since"]
-    _clock.update(section=name, since=now)
 
 
 def record(section: str, variant: str, run: dict, *, dp: bool, dataset: str, seeds: int = 1,
@@ -182,7 +174,7 @@ print(f"{len(train_idx):,} training images ({len(val_idx):,} held out for valida
 # counted in ε.
 
 # %%
-section("1 end-to-end CNN")
+clock.start("1 end-to-end CNN")
 
 
 def dp_config(**overrides) -> TrainConfig:
@@ -228,7 +220,7 @@ display(Markdown(f"Same model, same {e2e_epochs} epochs on {len(train_e2e):,} im
 # %%
 from dpnb.progress import progress
 
-section("2 architecture")
+clock.start("2 architecture")
 arch_rows, arch_runs = [], {}
 for name in progress(architectures, desc="architectures"):
     model = models.cifar_cnn(**ARCHITECTURES[name])
@@ -390,7 +382,7 @@ from dpnb import privacy, transfer
 from dpnb.linear import train_linear
 from dpnb.normalization import Standardizer, private_standardizer
 
-section("3 ScatterNet: features (computed once, then read from the cache)")
+clock.start("3 ScatterNet: features (computed once, then read from the cache)")
 t0 = time.perf_counter()
 scat = features.scatternet(J=2, shape=(32, 32)).to(device)
 
@@ -443,7 +435,7 @@ print(f"ScatterNet features {raw['train'].shape} for {len(raw['train'])} + {len(
 # %%
 from itertools import product
 
-section("3 ScatterNet: models")
+clock.start("3 ScatterNet: models")
 scatter_runs = {}
 views = 2 if scatter_flips else 1
 
@@ -573,7 +565,7 @@ display(Markdown(
 # %%
 from dpnb.scale import preactivation_stats
 
-section("4 scale")
+clock.start("4 scale")
 batch = train_cnn.tensors[0][:256]
 diag = []
 for label, name in [("the chapter's CNN (tanh, then GroupNorm)", "cnn"),
@@ -741,7 +733,7 @@ display(Markdown(f"{spread_text}; each technique, one run at its chosen learning
 # depends on it. `backbone_weights="none"` runs every variant with random weights (this exercises the code).
 
 # %%
-section("5 pretrained backbones")
+clock.start("5 pretrained backbones")
 weights_ok = backbone_weights == "imagenet" and all(features.imagenet_weights_available(n)
                                                     for n in ("resnet18", "vgg16"))
 if backbone_weights == "imagenet" and not weights_ok:
@@ -802,7 +794,7 @@ else:
 # are marked; the published numbers use all 50,000 images and far longer training.
 
 # %%
-section("summary")
+clock.start("summary")
 summary = pd.DataFrame(summary_rows)
 display(summary.style.format({"epsilon": "{:.2f}", "test_accuracy": "{:.1%}", "seconds": "{:.0f}"},
                              na_rep="—").hide(axis="index"))
@@ -845,13 +837,12 @@ prose.headline("cifar10", f"ScatterNet features + a linear head reach **{lin_tex
 # ## What this run cost
 #
 # The time of each section in the run that built this page (wall clock of its cells, measured
-# with `section` above). The ScatterNet features are computed on the first run and read from
-# the cache (`$DPNB_CACHE`) after that, so a re-run pays only their reading time.
+# with `dpnb.results.SectionClock`). The ScatterNet features are computed on the first run and
+# read from the cache (`$DPNB_CACHE`) after that, so a re-run pays only their reading time.
 
 # %%
-section("summary")
-costs = pd.DataFrame({"section": list(section_seconds), "seconds": list(section_seconds.values())})
-costs["minutes"] = costs["seconds"] / 60
+clock.start("summary")
+costs = clock.frame()
 display(costs.style.format({"seconds": "{:.0f}", "minutes": "{:.1f}"}).hide(axis="index"))
 display(Markdown(f"All cells of this run: **{costs['seconds'].sum() / 60:.1f} min** on {torch.get_num_threads()} "
                  f"torch threads ({device}), the ScatterNet features "
