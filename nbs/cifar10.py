@@ -826,7 +826,7 @@ display(Markdown("\n".join([
     f"* Scale (section 4): best variant here {best_scale['variant']} ({best_scale['test_accuracy']:.1%} at "
     f"ε = {best_scale['epsilon_prv']:.2f}, one run); each technique's difference from plain DP-SGD is set "
     "against the seed-to-seed spread in section 4.",
-    f"* Every ε above: δ = {delta:g}, PRV accountant, Poisson sampling; the CSV has each run's ε by RDP too.",
+    f"* Every ε above: δ = {delta:g}, PRV accountant, Poisson sampling, add/remove adjacency; the CSV has each run's ε by RDP too.",
 ])))
 prose.headline("cifar10", f"ScatterNet features + a linear head reach **{lin_text}** at "
                f"ε = {lin.epsilon['prv']:.2f} on {len(raw['train']):,} training images ({len(seed_runs)} seeds), "
