@@ -189,3 +189,38 @@ def test_averaged_iterates_are_post_processing_of_the_same_run():
     torch.testing.assert_close(last.model.weight, plain.model.weight)
     with pytest.raises(ParameterError, match="ema_decay"):
         train_linear(data, data, cfg, num_classes=2, ema_decay=1.5, progress=False)
+
+
+def test_epsilon_every_leaves_the_run_and_its_final_epsilon_unchanged():
+    """ε in the history every k epochs (and after the last) only: the same iterates and the same final ε."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(600, 4, generator=g)
+    y = (x[:, 1] > 0).long()
+    data = TensorDataset(x, y)
+    cfg = TrainConfig(epochs=5, batch_size=100, lr=1.0, momentum=0.9, target_epsilon=2.0, max_grad_norm=1.0, seed=4)
+    every = train_linear(data, data, cfg, num_classes=2, ema_decay=0.9, progress=False)
+    sparse = train_linear(data, data, cfg, num_classes=2, ema_decay=0.9, epsilon_every=2, progress=False)
+    last = train_linear(data, data, cfg, num_classes=2, ema_decay=0.9, epsilon_every=None, progress=False)
+    assert every.epsilon == sparse.epsilon == last.epsilon
+    torch.testing.assert_close(last.model.weight, every.model.weight, rtol=0, atol=0)
+    assert list(last.history["test_accuracy"]) == list(every.history["test_accuracy"])
+    assert sparse.history["epsilon_prv"].notna().tolist() == [False, True, False, True, True]
+    assert last.history["epsilon_prv"].notna().tolist() == [False] * 4 + [True]
+    assert every.history["epsilon_prv"].is_monotonic_increasing
+    with pytest.raises(ParameterError, match="epsilon_every"):
+        train_linear(data, data, cfg, num_classes=2, epsilon_every=0, progress=False)
+
+
+def test_the_average_and_the_iterate_are_scored_in_one_pass_as_each_alone():
+    from torch import nn
+
+    from dpnb.linear import _accuracy
+
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(50, 3, 7, generator=g), torch.randint(0, 4, (50,), generator=g)
+    a, b = nn.Linear(7, 4), nn.Linear(7, 4)
+    both = _accuracy([a, b], x, y, batch_size=16)
+    for model, score in zip([a, b], both):
+        probs = torch.softmax(model(x), -1).mean(1)
+        assert score[1] == pytest.approx(float((probs.argmax(1) == y).float().mean()))
+        assert score[0] == pytest.approx(float(nn.functional.nll_loss(probs.log(), y)), rel=1e-5)

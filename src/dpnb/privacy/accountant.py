@@ -128,8 +128,8 @@ def _composed_epsilon(event: SampledGaussianEvent, *, delta: float, analysis: st
     return rdp.rdp_to_epsilon(rdp=curve, orders=orders, delta=delta)[0]  # type: ignore[arg-type]
 
 
-@functools.lru_cache(maxsize=512)  # pure: runs that share an event and a target calibrate once
-@functools.lru_cache(maxsize=512)  # searches repeat the same calibration (PRV past max_seconds: the first answer)
+@functools.lru_cache(maxsize=512)  # runs and searches that share an event and a target calibrate once (PRV past
+# max_seconds depends on the clock: the first answer is kept)
 def calibrate_noise_multiplier(
     event: SampledGaussianEvent,
     *,
