@@ -213,11 +213,15 @@ priv_text = prose.mean_std(float(priv_acc.mean()), priv_std, ".1%")
 priv_seeds = f"{len(priv_runs)} seed{'s' if len(priv_runs) > 1 else ''}"
 record("1 end-to-end", "CNN (tanh + GroupNorm)", priv.summary() | dict(test_accuracy=float(priv_acc.mean())),
        dp=True, dataset=dataset_name(train_e2e), seeds=len(priv_runs), std=priv_std)
-display(pd.DataFrame([base.summary() | dict(seed=seed)] + [r.summary() | dict(seed=s_) for r, s_ in zip(priv_runs, seeds)])[
-    ["dp", "seed", "epochs", "batch_size", "lr", "noise_multiplier", "epsilon_prv", "epsilon_rdp", "test_accuracy",
-     "seconds"]].style.format(precision=3, na_rep="").hide(axis="index"))
+e2e_table = pd.DataFrame([base.summary() | dict(seed=seed)]
+                         + [r.summary() | dict(seed=s_) for r, s_ in zip(priv_runs, seeds)])
+display(e2e_table[["dp", "seed", "lr", "noise_multiplier", "epsilon_prv", "epsilon_rdp", "test_accuracy", "seconds"]]
+        .rename(columns={"noise_multiplier": "σ", "epsilon_prv": "ε (PRV)", "epsilon_rdp": "ε (RDP)",
+                         "test_accuracy": "test accuracy"})
+        .style.format({"lr": "{:g}", "σ": "{:.3f}", "ε (PRV)": "{:.2f}", "ε (RDP)": "{:.2f}", "test accuracy": "{:.1%}",
+                       "seconds": "{:.0f}"}, na_rep="").hide(axis="index"))
 tb_e2e = published("cifar10").query("source == 'Tramèr & Boneh 2021' and model == 'end-to-end CNN'").iloc[0]
-display(Markdown(f"Same model, same {e2e_epochs} epochs on {len(train_e2e):,} images: "
+display(Markdown(f"Same model, same {e2e_epochs} epochs at batch {e2e_batch_size} on {len(train_e2e):,} images: "
                  f"**{base.test_accuracy:.1%}** without privacy (one run), **{priv_text}** with DP-SGD over "
                  f"{priv_seeds} (mean ± sd) at ε = {priv.epsilon['prv']:.2f} (δ = {delta:g}, PRV, Poisson sampling, "
                  f"add/remove, σ = {priv.noise_multiplier:.2f}): privacy costs "
