@@ -209,11 +209,10 @@ def e2e_private(seed_: int):
 
 priv_runs = [e2e_private(s_) for s_ in progress(seeds, desc="private runs")]
 priv = priv_runs[0]  # σ, ε and the configuration are the same for every seed
-priv_acc = pd.Series([r.test_accuracy for r in priv_runs])
-priv_std = float(priv_acc.std()) if len(priv_runs) > 1 else None
-priv_text = prose.mean_std(float(priv_acc.mean()), priv_std, ".1%")
-priv_seeds = f"{len(priv_runs)} seed{'s' if len(priv_runs) > 1 else ''}"
-record("1 end-to-end", "CNN (tanh + GroupNorm)", priv.summary() | dict(test_accuracy=float(priv_acc.mean())),
+priv_mean, priv_std = prose.over_seeds([r.test_accuracy for r in priv_runs])
+priv_text = prose.mean_std(priv_mean, priv_std, ".1%")
+priv_seeds = prose.count(len(priv_runs), "seed")
+record("1 end-to-end", "CNN (tanh + GroupNorm)", priv.summary() | dict(test_accuracy=priv_mean),
        dp=True, dataset=dataset_name(train_e2e), seeds=len(priv_runs), std=priv_std)
 e2e_table = pd.DataFrame([base.summary() | dict(seed=seed)]
                          + [r.summary() | dict(seed=s_) for r, s_ in zip(priv_runs, seeds)])
@@ -227,7 +226,7 @@ display(Markdown(f"Same model, same {e2e_epochs} epochs at batch {e2e_batch_size
                  f"**{base.test_accuracy:.1%}** without privacy (one run), **{priv_text}** with DP-SGD over "
                  f"{priv_seeds} (mean ± sd) at ε = {priv.epsilon['prv']:.2f} (δ = {delta:g}, PRV, Poisson sampling, "
                  f"add/remove, σ = {priv.noise_multiplier:.2f}): privacy costs "
-                 f"{100 * (base.test_accuracy - priv_acc.mean()):.1f} percentage points here. "
+                 f"{100 * (base.test_accuracy - priv_mean):.1f} percentage points here. "
                  f"Tramèr & Boneh's end-to-end CNN reaches {tb_e2e['test_accuracy']:.1%} at ε = "
                  f"{tb_e2e['epsilon']:g} ({tb_e2e['accountant']}, a larger model, the best of a grid)."))
 
@@ -542,7 +541,7 @@ stats_text = (f", the two releases of the statistics at σ = {scatter_stats_nois
               if chosen_norm == "private" else "")
 display(Markdown(
     f"ScatterNet + linear ({norm_text}{', mirror views' if scatter_flips else ''}, learning rate "
-    f"{chosen_lr:g}): **{lin_text}** over {len(seed_runs)} seed{'s' if len(seed_runs) > 1 else ''} at ε = "
+    f"{chosen_lr:g}): **{lin_text}** over {prose.count(len(seed_runs), 'seed')} at ε = "
     f"{lin.epsilon['prv']:.2f} (δ = {delta:g}, PRV, Poisson sampling, add/remove{stats_text}; RDP would report ε = "
     f"{lin.epsilon['rdp']:.2f} for the same σ = {lin.noise_multiplier:.2f}) after {lin_cfg.epochs} epochs on "
     f"{len(raw['train']):,} images (the search trained on {searched_on:,} of them); Tramèr & Boneh report "

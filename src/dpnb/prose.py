@@ -21,7 +21,10 @@ Example::
 
 from __future__ import annotations
 
-__all__ = ["headline", "glue_name", "HEADLINES", "mean_std", "against_spread"]
+import statistics
+from collections.abc import Sequence
+
+__all__ = ["headline", "glue_name", "HEADLINES", "mean_std", "over_seeds", "count", "against_spread"]
 
 HEADLINES: dict[str, str] = {}  # the last opening sentence stored for each chapter in this process
 
@@ -34,6 +37,27 @@ def mean_std(mean: float, std: float | None, fmt: str) -> str:
     """
     missing = std is None or std != std  # None or NaN
     return format(mean, fmt) + ("" if missing else f" ± {format(std, fmt)}")
+
+
+def over_seeds(values: Sequence[float]) -> tuple[float, float | None]:
+    """(mean, sample sd) of one value per seed; the sd is None for a single seed (nothing to spread).
+
+        >>> over_seeds([0.5, 0.7]), over_seeds([0.5])
+        ((0.6, 0.14142135623730948), (0.5, None))
+    """
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("over_seeds needs at least one value")
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def count(n: int, noun: str) -> str:
+    """``'3 seeds'``, ``'1 seed'``: a count with its noun in the right number.
+
+        >>> count(3, "seed"), count(1, "seed")
+        ('3 seeds', '1 seed')
+    """
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def against_spread(diff: float, spread: float | None, *, band: float = 2.0) -> str:
