@@ -68,6 +68,8 @@ CASES = {
     "embedding": (Tokens, lambda b: torch.randint(0, 7, (b, 6))),
     "mnist_cnn": (models.mnist_cnn, lambda b: torch.randn(b, 1, 28, 28)),
     "cifar_cnn": (lambda: models.cifar_cnn(width=8), lambda b: torch.randn(b, 3, 32, 32)),
+    "scatter_cnn": (lambda: models.scatter_cnn(in_channels=12, num_classes=10, width=8, groups=None, grid=4),
+                    lambda b: torch.randn(b, 12, 8, 8)),
 }
 
 
@@ -76,7 +78,7 @@ def _case(case: str, batch: int, *, seed: int) -> tuple[nn.Module, torch.Tensor,
     torch.manual_seed(seed)
     make_model, make_x = CASES[case]
     model = make_model()
-    y = torch.randint(0, 3 if case not in ("mnist_cnn", "cifar_cnn") else 10, (batch,))
+    y = torch.randint(0, 3 if case not in ("mnist_cnn", "cifar_cnn", "scatter_cnn") else 10, (batch,))
     return model, make_x(batch), y
 
 
@@ -130,7 +132,7 @@ def _opacus_ghost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, C: float) 
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("case", ["mnist_cnn", "cifar_cnn", "conv, ghost norm", "conv + groupnorm"])
+@pytest.mark.parametrize("case", ["mnist_cnn", "cifar_cnn", "scatter_cnn", "conv, ghost norm", "conv + groupnorm"])
 @pytest.mark.parametrize("batch", [70, 1])  # 70: more than one block of bookkeeping.CHUNK examples
 def test_clipped_sum_equals_opacus_ghost_clipping_and_torch_func(case: str, batch: int) -> None:
     model, x, y = _case(case, batch, seed=2)

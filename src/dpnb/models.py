@@ -60,18 +60,38 @@ def linear_head(*, in_features: int, num_classes: int) -> nn.Sequential:
 
 
 def scatter_cnn(*, in_channels: int, num_classes: int, width: int = 64, activation: str = "tanh",
-                groups: int = 8, first_kernel: int = 3) -> nn.Sequential:
-    """A small CNN on scattering maps, after Tramèr & Boneh (2021, Table 10): two convolutions with
-    GroupNorm and ``tanh``, max-pooling between them, global average pooling, a linear classifier.
-    ``first_kernel=1`` makes the first layer a cheap channel mixer (for the 651 maps of J=3)."""
+                groups: int | None = 8, first_kernel: int = 3, grid: int = 1) -> nn.Sequential:
+    """A small CNN on scattering maps: two convolutions (``width`` channels) with ``activation``,
+    max-pooling between them, average pooling to a ``grid`` × ``grid`` map, a linear classifier.
+
+    ``groups`` puts a GroupNorm of that many groups before each activation (``None``: none).
+    Tramèr & Boneh's ScatterNet + CNN for CIFAR-10 (2021, ``models.py`` of their code) is
+    ``groups=None, first_kernel=3, grid=4`` on the 8 × 8 maps of J = 2: conv 3×3, tanh, max-pool 2,
+    conv 3×3, tanh, the 4 × 4 map flattened (1,024 features at width 64) into the classifier.
+    ``grid=1`` is global average pooling (``width`` features); ``first_kernel=1`` makes the first
+    layer a cheap channel mixer (for the 651 maps of J = 3).
+
+    Example::
+
+        >>> import torch
+        >>> scatter_cnn(in_channels=243, num_classes=10, groups=None, grid=4)(torch.zeros(2, 243, 8, 8)).shape
+        torch.Size([2, 10])
+    """
     act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
+    if groups is not None and (groups < 1 or width % groups):
+        raise ParameterError(f"groups must be a positive divisor of width={width}, got {groups}")
+    if grid < 1:
+        raise ParameterError(f"grid must be an integer >= 1, got {grid}")
+
+    def norm() -> list[nn.Module]:
+        return [] if groups is None else [nn.GroupNorm(groups, width)]
+
     return nn.Sequential(
-        nn.Conv2d(in_channels, width, kernel_size=first_kernel, padding=first_kernel // 2),
-        nn.GroupNorm(groups, width), act(),
+        nn.Conv2d(in_channels, width, kernel_size=first_kernel, padding=first_kernel // 2), *norm(), act(),
         MaxPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(width, width, kernel_size=3, padding=1), nn.GroupNorm(groups, width), act(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(width, num_classes),
+        nn.Conv2d(width, width, kernel_size=3, padding=1), *norm(), act(),
+        nn.AdaptiveAvgPool2d(grid), nn.Flatten(),
+        nn.Linear(width * grid * grid, num_classes),
     )
 
 

@@ -1,0 +1,35 @@
+"""dpnb.models: the ScatterNet CNN's layouts and its one-line parameter errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dpnb import models
+from dpnb.params import ParameterError
+
+
+def test_scatter_cnn_in_tramer_and_boneh_layout() -> None:
+    """Their CIFAR-10 ScatterNet CNN: conv3x3(243->64), tanh, pool, conv3x3(64->64), tanh, 4x4 map -> linear."""
+    m = models.scatter_cnn(in_channels=243, num_classes=10, groups=None, first_kernel=3, grid=4)
+    assert not any(isinstance(layer, nn.GroupNorm) for layer in m)
+    assert sum(p.numel() for p in m.parameters()) == (243 * 9 + 1) * 64 + (64 * 9 + 1) * 64 + (64 * 16 + 1) * 10
+    assert m(torch.zeros(3, 243, 8, 8)).shape == (3, 10)
+
+
+def test_scatter_cnn_global_pooling_and_groupnorm() -> None:
+    m = models.scatter_cnn(in_channels=12, num_classes=5, width=16, groups=4, first_kernel=1)
+    assert sum(isinstance(layer, nn.GroupNorm) for layer in m) == 2
+    assert m[-1].in_features == 16  # grid 1: global average pooling
+    assert m(torch.randn(2, 12, 8, 8)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(groups=5), "groups must be a positive divisor of width=64, got 5"),
+    (dict(groups=0), "groups must be a positive divisor of width=64, got 0"),
+    (dict(grid=0), "grid must be an integer >= 1, got 0"),
+])
+def test_scatter_cnn_bad_parameters_in_one_line(kw: dict, message: str) -> None:
+    with pytest.raises(ParameterError, match=f"^{message}$"):
+        models.scatter_cnn(in_channels=3, num_classes=2, **kw)
