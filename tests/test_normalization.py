@@ -77,6 +77,32 @@ def test_the_release_is_accounted_with_the_training_run() -> None:
                      composed_with=(st.event,), progress=False)
 
 
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_train_accounts_the_release_with_the_run_too(mode: str) -> None:
+    """``dpnb.train.train`` (the CNNs' loop) composes the statistics' release as train_linear does."""
+    from dpnb.train import train
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1200, 2, 2, 2, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    st = private_standardizer(x, mean_bound=1.0, square_bound=2.0, noise_multiplier=4.0, generator=g)
+    cfg = TrainConfig(epochs=2, batch_size=100, lr=0.5, target_epsilon=2.0, max_grad_norm=1.0, grad_sample_mode=mode)
+    data = TensorDataset(st(x), y)
+    net = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2))  # noqa: E731
+    alone = train(net(), data, None, cfg, progress=False)
+    both = train(net(), data, None, cfg, progress=False, composed_with=(st.event,))
+    assert both.noise_multiplier > alone.noise_multiplier
+    covered = privacy.SampledGaussianEvent(both.noise_multiplier, both.sample_rate, both.steps,
+                                           composed_with=(st.event,))
+    assert both.event == covered
+    assert both.epsilon["prv"] == pytest.approx(privacy.epsilon(covered, delta=cfg.delta, accountant="prv"))
+    assert both.history["epsilon_prv"].iloc[-1] == pytest.approx(both.epsilon["prv"])
+    assert 1.98 <= both.epsilon["prv"] <= 2.0
+    with pytest.raises(ParameterError, match="composed_with needs a DP run"):
+        train(net(), data, None, TrainConfig(epochs=1, batch_size=100, lr=0.5, dp=False), progress=False,
+              composed_with=(st.event,))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(mean_bound=0.0), "mean_bound must be > 0"),
     (dict(square_bound=-1.0), "square_bound must be > 0"),

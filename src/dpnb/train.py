@@ -221,19 +221,21 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
 
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: Any, loader: DataLoader,
-                 config: TrainConfig, *, generator: torch.Generator | None = None) -> tuple[Any, ...]:
+                 config: TrainConfig, *, generator: torch.Generator | None = None,
+                 composed_with: tuple[privacy.SampledGaussianEvent, ...] = ()) -> tuple[Any, ...]:
     """Wrap for DP-SGD with Opacus; returns (engine, model, optimizer, criterion, loader, sigma).
 
     The loader becomes a Poisson-sampling ``DPDataLoader`` with sample rate ``q = 1 / len(loader)``
     (the book's convention, :func:`dpnb.dpsgd.poisson_rate`). Its sampler runs ``int(1 / q)`` steps
     an epoch, which for about 8% of loader lengths is one fewer than ``len(loader)`` (floating
     point); σ is ``config.noise_multiplier`` or calibrated to ``config.target_epsilon`` for the
-    steps that will actually run, at the rate actually sampled.
+    steps that will actually run, at the rate actually sampled (and ``composed_with``, earlier
+    releases of the same data, so that the target covers them too).
     """
     from opacus import PrivacyEngine
 
     sample_rate = 1 / len(loader)  # what Opacus's DPDataLoader samples at
-    sigma = _noise_multiplier(config, sample_rate)
+    sigma = _noise_multiplier(config, sample_rate, composed_with)
     kw = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
               max_grad_norm=config.max_grad_norm, poisson_sampling=True,
               grad_sample_mode=config.grad_sample_mode, noise_generator=generator)
@@ -247,11 +249,14 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
     return engine, model, optimizer, criterion, loader, sigma
 
 
-def _noise_multiplier(config: TrainConfig, sample_rate: float) -> float:
-    """σ as given, or calibrated to the target ε for the steps Opacus's sampler will run at ``sample_rate``."""
+def _noise_multiplier(config: TrainConfig, sample_rate: float,
+                      composed_with: tuple[privacy.SampledGaussianEvent, ...] = ()) -> float:
+    """σ as given, or calibrated to the target ε for the steps Opacus's sampler will run at ``sample_rate``
+    composed with the releases ``composed_with``."""
     if config.noise_multiplier is not None:
         return float(config.noise_multiplier)
-    plan = privacy.SampledGaussianEvent(None, sample_rate, config.epochs * opacus_steps_per_epoch(sample_rate))
+    plan = privacy.SampledGaussianEvent(None, sample_rate, config.epochs * opacus_steps_per_epoch(sample_rate),
+                                        composed_with=composed_with)
     return privacy.calibrate_noise_multiplier(
         plan, target_epsilon=float(config.target_epsilon), delta=config.delta,  # type: ignore[arg-type]
         accountant=config.accountant)  # type: ignore[arg-type]
@@ -266,13 +271,14 @@ class BookKeepingStep:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, config: TrainConfig,
-                 *, generator: torch.Generator | None = None) -> None:
+                 *, generator: torch.Generator | None = None,
+                 composed_with: tuple[privacy.SampledGaussianEvent, ...] = ()) -> None:
         from opacus.data_loader import DPDataLoader
 
         from dpnb.bookkeeping import BookKeeping
 
         self.sample_rate = 1 / len(loader)
-        self.noise_multiplier = _noise_multiplier(config, self.sample_rate)
+        self.noise_multiplier = _noise_multiplier(config, self.sample_rate, composed_with)
         self.loader = DPDataLoader.from_data_loader(loader, generator=generator)
         self.bk = BookKeeping(model)
         self.model, self.optimizer, self.config, self.generator = model, optimizer, config, generator
@@ -303,12 +309,19 @@ def opacus_steps_per_epoch(sample_rate: float) -> int:
 
 
 def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config: TrainConfig, *,
-          progress: bool = True, epoch_callback: Any = None) -> TrainResult:
-    """Train ``model`` on ``train_set`` with or without DP; evaluate on ``test_set`` every epoch."""
+          progress: bool = True, epoch_callback: Any = None,
+          composed_with: tuple[privacy.SampledGaussianEvent, ...] = ()) -> TrainResult:
+    """Train ``model`` on ``train_set`` with or without DP; evaluate on ``test_set`` every epoch.
+
+    ``composed_with`` are earlier releases of the training data (e.g. the noisy statistics of
+    :func:`dpnb.normalization.private_standardizer` that the inputs are standardised with): a
+    ``target_epsilon`` is met by the composition, and every ε reported covers them."""
     from dpnb.progress import progress as progress_bar
 
     n = len(train_set)  # type: ignore[arg-type]
     config = config.validated(n)
+    if composed_with and not config.dp:
+        raise ParameterError("composed_with needs a DP run (config.dp)")
     if config.dp and (problems := dp_problems(model)):
         raise ParameterError("model is not DP-compatible: " + "; ".join(problems)
                              + " (use dpnb.train.make_dp_compatible, which swaps BatchNorm for GroupNorm)")
@@ -336,11 +349,11 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
             print(f"grad_sample_mode 'bk' cannot handle {problems[0]}; using Opacus's ghost clipping instead")
             config = replace(config, grad_sample_mode="ghost")
         else:
-            bk = BookKeepingStep(model, optimizer, loader, config, generator=generator)
+            bk = BookKeepingStep(model, optimizer, loader, config, generator=generator, composed_with=composed_with)
             loader, sigma, sample_rate = bk.loader, bk.noise_multiplier, bk.sample_rate
     if config.dp and bk is None:
         engine, model, optimizer, criterion, loader, sigma = make_private(
-            model, optimizer, criterion, loader, config, generator=generator)
+            model, optimizer, criterion, loader, config, generator=generator, composed_with=composed_with)
         sample_rate = float(loader.sample_rate)  # the sampler's rate (Opacus's accountant gets 1/len(loader))
 
     rows: list[dict[str, Any]] = []
@@ -397,8 +410,8 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
             row["test_loss"], row["test_accuracy"] = evaluate(model, test_set, batch_size=config.eval_batch_size,
                                                               device=device)
         if engine is not None or bk is not None:
-            row.update(dpsgd.epsilons(privacy.SampledGaussianEvent(sigma, sample_rate, steps),  # type: ignore[arg-type]
-                                      delta=config.delta))
+            row.update(dpsgd.epsilons(privacy.SampledGaussianEvent(sigma, sample_rate, steps,  # type: ignore[arg-type]
+                                                                   composed_with=composed_with), delta=config.delta))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         epochs.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("loss", "test_accuracy", "epsilon_prv")})
@@ -410,7 +423,8 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config
     history["sample_rate"] = sample_rate
     history["delta"] = config.delta if config.dp else None
     eps = {k.removeprefix("epsilon_"): float(rows[-1][k]) for k in rows[-1] if k.startswith("epsilon_")}
-    event = privacy.SampledGaussianEvent(sigma, sample_rate, steps) if eps else None  # type: ignore[arg-type]
+    event = (privacy.SampledGaussianEvent(sigma, sample_rate, steps, composed_with=composed_with)  # type: ignore[arg-type]
+             if eps else None)
     return TrainResult(model=model, history=history, config=config, noise_multiplier=sigma,
                        sample_rate=sample_rate, steps=steps, epsilon=eps, seconds=time.perf_counter() - t_start,
                        event=event)
