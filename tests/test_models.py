@@ -33,3 +33,41 @@ def test_scatter_cnn_global_pooling_and_groupnorm() -> None:
 def test_scatter_cnn_bad_parameters_in_one_line(kw: dict, message: str) -> None:
     with pytest.raises(ParameterError, match=f"^{message}$"):
         models.scatter_cnn(in_channels=3, num_classes=2, **kw)
+
+
+def test_random_view_trains_on_one_drawn_view_and_evaluates_the_mean_prediction() -> None:
+    from dpnb.layers import RandomView
+
+    torch.manual_seed(0)
+    inner = models.scatter_cnn(in_channels=4, num_classes=3, width=8, groups=None, grid=2)
+    x = torch.randn(6, 2, 4, 8, 8)  # 6 examples, 2 views each
+    m = RandomView(inner).train()
+    torch.manual_seed(5)
+    got = m(x)
+    torch.manual_seed(5)
+    pick = torch.randint(2, (6,))
+    assert 0 < int(pick.sum()) < 6  # both views drawn in this batch
+    torch.testing.assert_close(got, inner(x[torch.arange(6), pick]))
+    m.eval()
+    probs = torch.stack([inner(x[:, k]).softmax(-1) for k in range(2)]).mean(0)
+    torch.testing.assert_close(m(x).exp(), probs)
+    with pytest.raises(ValueError, match="RandomView needs inputs of shape"):
+        m(torch.zeros(6, 3))
+
+
+def test_book_keeping_through_random_view_clips_the_drawn_views() -> None:
+    """One clipped gradient per example, of the view it drew: the same sums as on those views alone."""
+    from dpnb.bookkeeping import BookKeeping
+    from dpnb.layers import RandomView
+
+    torch.manual_seed(1)
+    inner = models.scatter_cnn(in_channels=4, num_classes=3, width=8, groups=None, grid=2)
+    x, y = torch.randn(9, 2, 4, 8, 8), torch.randint(0, 3, (9,))
+    torch.manual_seed(7)
+    got, norms = BookKeeping(RandomView(inner)).clipped_sum(x, y, max_grad_norm=0.05)
+    torch.manual_seed(7)
+    pick = torch.randint(2, (9,))
+    want, want_norms = BookKeeping(inner).clipped_sum(x[torch.arange(9), pick], y, max_grad_norm=0.05)
+    torch.testing.assert_close(norms, want_norms)
+    for name, g in want.items():
+        torch.testing.assert_close(got[f"model.{name}"], g)

@@ -14,6 +14,7 @@ CIFAR-10 scale experiments (:mod:`dpnb.scale`) and by both generative chapters (
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from torch import nn
 
 from dpnb.params import check_number
 
-__all__ = ["WSConv2d", "standardize_weights", "EMA"]
+__all__ = ["WSConv2d", "standardize_weights", "EMA", "RandomView"]
 
 
 class WSConv2d(nn.Conv2d):
@@ -78,3 +79,36 @@ class EMA:
         for a, p in zip(self.average.parameters(), model.parameters()):
             a.mul_(d).add_(p.detach(), alpha=1 - d)
         self.updates += 1
+
+
+class RandomView(nn.Module):
+    """Inputs of shape ``(B, K, ...)`` hold K fixed views of each example (e.g. an image's scattering
+    features and those of its mirror image); ``model`` sees one of them.
+
+    In training mode each example's view is drawn uniformly (torch's global generator, which
+    :func:`dpnb.train.train` seeds): random augmentation, one view and so one gradient per example,
+    which DP-SGD clips as any other; σ and ε do not change. In evaluation mode the output is the
+    log of the views' mean predicted probabilities (test-time augmentation, post-processing), so
+    its argmax is the averaged prediction and its cross-entropy that prediction's loss.
+
+        >>> import torch
+        >>> m = RandomView(nn.Flatten()).eval()
+        >>> x = torch.log(torch.tensor([[[0.2, 0.8]], [[0.6, 0.4]]])).transpose(0, 1)  # 1 example, 2 views
+        >>> m(x).exp()
+        tensor([[0.4000, 0.6000]])
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3:
+            raise ValueError(f"RandomView needs inputs of shape (batch, views, ...), got {tuple(x.shape)}")
+        if self.training:
+            pick = torch.randint(x.shape[1], (x.shape[0],), device=x.device)
+            return self.model(x[torch.arange(x.shape[0], device=x.device), pick])
+        b, k = x.shape[:2]
+        logp = F.log_softmax(self.model(x.flatten(0, 1)), dim=-1).view(b, k, -1)
+        return torch.logsumexp(logp, dim=1) - math.log(k)
+
