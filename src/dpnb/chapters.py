@@ -127,7 +127,8 @@ RULES: dict[str, dict[str, Rule]] = {
         scatter_stats_mean_bound=Positive(), scatter_stats_square_bound=Positive(),
         scatter_ema_decay=Maybe(Number(0, 1, open="high")), scatter_flips=Flag(), scatter_cnn_epochs=Int(1),
         scatter_cnn_batch_size=Int(1, high=lambda p: p["scatter_limit"] or CIFAR),
-        scatter_cnn_learning_rate=Positive(), scale_model=Choice(models.SCALE_MODELS),
+        scatter_cnn_learning_rate=Positive(), scatter_cnn_kernel=Choice((1, 3)),
+        scatter_cnn_normalization=Choice(SCATTER_NORMALIZATIONS), scale_model=Choice(models.SCALE_MODELS),
         scale_epochs=Int(1), scale_steps=Maybe(Int(1)), scale_batch_size=Int(1, high=lambda p: p["cnn_limit"] or CIFAR),
         scale_learning_rates=Each(Positive()), scale_momentum=Number(0, 1, open="high"),
         scale_max_grad_norm=Positive(), scale_noise_multiplier=Maybe(Positive()), scale_multiplicity=Int(0, 64),
@@ -212,7 +213,7 @@ KEPT_BY_TINY = frozenset({
     "scatter_stats_noise_multiplier", "scatter_stats_mean_bound", "scatter_stats_square_bound",
     "scatter_ema_decay", "ema_decay", "max_grad_norm", "cnn_max_grad_norm", "scatter_max_grad_norm",
     "vae_max_grad_norm", "delta", "even_delta", "split_seed", "smoothnet_width", "smoothnet_depth",
-    "scale_noise_multiplier", "scale_max_grad_norm", "scale_momentum", "backbone_image_size",
+    "scale_noise_multiplier", "scale_max_grad_norm", "scale_momentum", "backbone_image_size", "scatter_cnn_kernel",
 })
 
 
