@@ -472,14 +472,15 @@ def held_out(fs: features.FeatureSet, idx: torch.Tensor) -> features.FeatureSet:
 
 
 raw = {"train": scatter_split("train"), "test": scatter_split("test")}
-if scatter_flips or scatter_cnn_flips:
+mirrored = scatter_flips or scatter_cnn_flips  # the mirror images' features: the linear model's or the CNN's views
+if mirrored:
     raw |= {f"{s}-mirrored": scatter_split(s, flipped=True) for s in ("train", "test")}
 # the same validation images as above (a seeded subset when scatter_limit is set)
 s_train, s_val = data.holdout(len(raw["train"]), validation=min(validation_size, len(raw["train"]) // 10), seed=seed)
 for part in [k for k in raw if k.startswith("train")]:
     raw[part.replace("train", "val")], raw[part] = held_out(raw[part], s_val), held_out(raw[part], s_train)
 print(f"ScatterNet features {raw['train'].shape} for {len(raw['train'])} + {len(raw['test'])} images"
-      f"{' and their mirror images' if scatter_flips or scatter_cnn_flips else ''} in {time.perf_counter() - t0:.0f} s "
+      f"{' and their mirror images' if mirrored else ''} in {time.perf_counter() - t0:.0f} s "
       "(from the cache when this is a re-run)")
 
 # %%
@@ -887,7 +888,9 @@ display(Markdown("\n".join([
     f"{', the statistics included' if chosen_norm == 'private' else ''} ({len(seed_runs)} seeds; Tramèr & Boneh: "
     f"{tb.loc['ScatterNet + linear', 'test_accuracy']:.1%} at ε = {tb.loc['ScatterNet + linear', 'epsilon']:g}, "
     f"{tb.loc['ScatterNet + linear', 'accountant']}, on the original pixels); ScatterNet + CNN: "
-    f"{scatter_runs['ScatterNet + CNN'].test_accuracy:.1%} after {prose.count(cnn_cfg.epochs, 'epoch')} (one run).",
+    f"{cnn_run.test_accuracy:.1%} at ε = {cnn_run.epsilon['prv']:.2f}"
+    f"{', the statistics included,' if scatter_cnn_normalization == 'private' else ''} after "
+    f"{prose.count(cnn_cfg.epochs, 'epoch')} (one run).",
     f"* Scale (section 4): best variant here {best_scale['variant']} ({best_scale['test_accuracy']:.1%} at "
     f"ε = {best_scale['epsilon_prv']:.2f}, one run); each technique's difference from plain DP-SGD is set "
     "against the seed-to-seed spread in section 4.",
